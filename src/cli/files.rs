@@ -1,0 +1,194 @@
+//! `ferry get`, `ferry put` and `ferry ls`.
+
+use super::run::connect;
+use super::{GetArgs, LsArgs, PutArgs};
+use crate::client::Progress;
+use crate::core::checksum::{Md5Stream, hash_reader};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+/// A progress bar on a terminal; hidden otherwise.
+fn bar(label: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    pb
+}
+
+fn track(pb: &ProgressBar) -> impl FnMut(Progress) + '_ {
+    move |p| match p {
+        Progress::Start { size, offset } => {
+            pb.set_length(size);
+            pb.set_position(offset);
+        }
+        Progress::Advance(n) => pb.inc(n),
+    }
+}
+
+fn part_path(local: &Path) -> PathBuf {
+    let mut name = local.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    local.with_file_name(name)
+}
+
+pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
+    let client = connect(&a.conn).await?;
+    let name = a
+        .remote
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("download")
+        .to_string();
+    let local = a.output.clone().unwrap_or_else(|| PathBuf::from(&name));
+    if local == Path::new("-") {
+        let pb = bar(&name);
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+        let (_, out) = client
+            .get(
+                &a.remote,
+                0,
+                Md5Stream::new(),
+                std::io::stdout(),
+                track(&pb),
+            )
+            .await?;
+        eprintln!("{}  verified MD5", out.header.md5);
+        return Ok(0);
+    }
+    // Data lands in `NAME.part` and is renamed once its MD5 matches, so a failed or
+    // interrupted download never looks complete. `--continue` resumes from the `.part` file.
+    let part = part_path(&local);
+    let (file, offset, prefix) = if a.resume {
+        let from = if part.exists() {
+            part.clone()
+        } else {
+            local.clone()
+        };
+        match std::fs::File::open(&from) {
+            Ok(f) => {
+                let (md5, len) = hash_prefix(f)?;
+                if from != part {
+                    std::fs::rename(&from, &part)?;
+                }
+                let file = std::fs::OpenOptions::new().append(true).open(&part)?;
+                (file, len, md5)
+            }
+            Err(_) => (std::fs::File::create(&part)?, 0, Md5Stream::new()),
+        }
+    } else {
+        (std::fs::File::create(&part)?, 0, Md5Stream::new())
+    };
+    let pb = bar(&name);
+    let result = client
+        .get(&a.remote, offset, prefix, file, track(&pb))
+        .await;
+    pb.finish_and_clear();
+    match result {
+        Ok((file, out)) => {
+            file.sync_all()?;
+            std::fs::rename(&part, &local)?;
+            let resumed = if offset > 0 {
+                format!(", resumed at {offset}")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{}  {}  ({} bytes{resumed}, MD5 verified)",
+                out.header.md5,
+                local.display(),
+                out.header.size
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            if e.code() == Some(crate::core::error::Code::ChecksumMismatch) || kept == 0 {
+                let _ = std::fs::remove_file(&part);
+            } else {
+                eprintln!(
+                    "ferry: partial data kept in {}; rerun with --continue to resume",
+                    part.display()
+                );
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Hashes what a partial file already holds.
+fn hash_prefix(f: std::fs::File) -> anyhow::Result<(Md5Stream, u64)> {
+    let mut md5 = Md5Stream::new();
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        md5.update(&buf[..n]);
+    }
+    let len = md5.len();
+    Ok((md5, len))
+}
+
+pub(super) async fn put(a: PutArgs) -> anyhow::Result<i32> {
+    let meta =
+        std::fs::metadata(&a.local).map_err(|e| anyhow::anyhow!("{}: {e}", a.local.display()))?;
+    anyhow::ensure!(meta.is_file(), "{}: not a regular file", a.local.display());
+    let name = a
+        .local
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: no file name", a.local.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let remote = match a.remote {
+        None => name.clone(),
+        Some(r) if r.ends_with('/') => format!("{r}{name}"),
+        Some(r) => r,
+    };
+    let client = connect(&a.conn).await?;
+    let local = a.local.clone();
+    let (md5, size) =
+        tokio::task::spawn_blocking(move || hash_reader(std::fs::File::open(local)?)).await??;
+    let file = std::fs::File::open(&a.local)?;
+    let pb = bar(&name);
+    let result = client.put(&remote, file, size, Some(md5), track(&pb)).await;
+    pb.finish_and_clear();
+    let done = result?;
+    eprintln!(
+        "{}  {remote}  ({} bytes, {}, MD5 verified by the server)",
+        done.md5,
+        done.size,
+        if done.created { "created" } else { "replaced" }
+    );
+    Ok(0)
+}
+
+pub(super) async fn ls(a: LsArgs) -> anyhow::Result<i32> {
+    let client = connect(&a.conn).await?;
+    let entries = client.list(&a.dir).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(0);
+    }
+    for e in entries {
+        let name = if e.kind == "dir" {
+            format!("{}/", e.name)
+        } else {
+            e.name
+        };
+        let md5 = e.md5.as_deref().unwrap_or("-");
+        println!("{:>12}  {:32}  {}", e.size, md5, name);
+    }
+    Ok(0)
+}

@@ -1,0 +1,121 @@
+//! The `ferry` command line: `serve` and the client subcommands.
+
+mod files;
+mod run;
+
+use crate::config::ServeArgs;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ferry: run commands and move files on a machine, MD5-verified end to end.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: raw TCP protocol (and later HTTP and the browser terminal).
+    Serve(ServeArgs),
+    /// Run a command on the server; exits with its exit code.
+    Exec(ExecArgs),
+    /// Download a file, verifying its MD5.
+    Get(GetArgs),
+    /// Upload a file, verified by the server against its MD5.
+    Put(PutArgs),
+    /// List a directory on the server.
+    Ls(LsArgs),
+    /// An interactive prompt that runs each line on the server.
+    Shell(Conn),
+}
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// Server address of the TCP protocol.
+    #[arg(long, env = "FERRY_ADDR", default_value = "127.0.0.1:8888")]
+    pub addr: String,
+    /// Access token (printed by `ferry serve` at first start, kept in its data dir).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Flags of `ferry exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Run the arguments directly as argv, not as one `sh -c` line.
+    #[arg(long)]
+    pub argv: bool,
+    /// Working directory under the served root.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Timeout in seconds (the server's limit applies too).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Extra environment variable for the command, NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Never send local stdin (by default it is sent when it is not a terminal).
+    #[arg(short = 'n', long)]
+    pub no_stdin: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Flags of `ferry get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Path on the server, relative to the served root.
+    pub remote: String,
+    /// Local file (default: the remote file's name in the current directory; `-` for stdout).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Resume from a partial local download.
+    #[arg(short = 'c', long = "continue")]
+    pub resume: bool,
+}
+
+/// Flags of `ferry put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Local file.
+    pub local: PathBuf,
+    /// Path on the server (default: the local file's name); ending in `/` puts it in that directory.
+    pub remote: Option<String>,
+}
+
+/// Flags of `ferry ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Directory on the server (default: the root).
+    #[arg(default_value = "")]
+    pub dir: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a client subcommand; returns the process exit code.
+pub async fn run_client(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Serve(_) => unreachable!("serve is started by main"),
+        Command::Exec(a) => run::exec(a).await,
+        Command::Shell(c) => run::shell(c).await,
+        Command::Get(a) => files::get(a).await,
+        Command::Put(a) => files::put(a).await,
+        Command::Ls(a) => files::ls(a).await,
+    }
+}

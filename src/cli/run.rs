@@ -1,0 +1,160 @@
+//! `ferry exec` and `ferry shell`.
+
+use super::{Conn, ExecArgs};
+use crate::client::{Client, ClientError};
+use crate::core::error::Code;
+use crate::core::exec::ExecRequest;
+use crate::tcp::codec::Kind;
+use crate::tcp::messages::ExecEnd;
+use std::io::{IsTerminal, Write};
+use tokio::io::AsyncBufReadExt;
+
+/// The exit code of `ferry exec` when ferry itself fails (as ssh does).
+pub const EXIT_FERRY_ERROR: i32 = 255;
+/// The exit code when the command ran past its timeout (as `timeout(1)` does).
+pub const EXIT_TIMEOUT: i32 = 124;
+
+/// Connects with friendly errors; the token comes from the flag, FERRY_TOKEN, or a local `ferry-data/token`.
+pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    let token = match &conn.token {
+        Some(t) => t.clone(),
+        None => {
+            let dir = std::env::var_os("FERRY_DATA_DIR").unwrap_or_else(|| "ferry-data".into());
+            let path = std::path::Path::new(&dir).join(crate::core::auth::TOKEN_FILE);
+            std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|_| {
+                anyhow::anyhow!("no token: pass --token or set FERRY_TOKEN (ferry serve prints it at first start)")
+            })?
+        }
+    };
+    match Client::connect(&conn.addr, &token).await {
+        Ok(c) => Ok(c),
+        Err(ClientError::Io(e)) => Err(anyhow::anyhow!(
+            "cannot reach ferry at {}: {e} (is `ferry serve` running there?)",
+            conn.addr
+        )),
+        Err(e) if e.code() == Some(Code::Unauthorized) => Err(anyhow::anyhow!(
+            "the server at {} refused the token (unauthorized); check --token or FERRY_TOKEN",
+            conn.addr
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The local exit code for a command's end: its code, or 128 + signal.
+pub fn exit_code(end: &ExecEnd) -> i32 {
+    match (end.exit_code, end.signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => EXIT_FERRY_ERROR,
+    }
+}
+
+fn print_output(kind: Kind, bytes: &[u8]) {
+    // Written unbuffered and at once, so output streams as the command produces it.
+    let _ = if kind == Kind::Stdout {
+        let mut o = std::io::stdout().lock();
+        o.write_all(bytes).and_then(|_| o.flush())
+    } else {
+        let mut e = std::io::stderr().lock();
+        e.write_all(bytes).and_then(|_| e.flush())
+    };
+}
+
+fn report(err: &ClientError) -> i32 {
+    eprintln!("ferry: {err}");
+    match err.code() {
+        Some(Code::Timeout) => EXIT_TIMEOUT,
+        _ => EXIT_FERRY_ERROR,
+    }
+}
+
+pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
+    let client = match connect(&a.conn).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return Ok(EXIT_FERRY_ERROR);
+        }
+    };
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &a.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            eprintln!("ferry: --env takes NAME=VALUE, got {kv:?}");
+            return Ok(EXIT_FERRY_ERROR);
+        };
+        env.insert(k.to_string(), v.to_string());
+    }
+    let req = ExecRequest {
+        cmd: (!a.argv).then(|| a.command.join(" ")),
+        argv: a.argv.then(|| a.command.clone()),
+        cwd: a.cwd,
+        env,
+        timeout_ms: a.timeout.map(|s| s.saturating_mul(1000)),
+        stdin: false,
+    };
+    let stdin = (!a.no_stdin && !std::io::stdin().is_terminal()).then(tokio::io::stdin);
+    match client.exec(req, stdin, |k, b| print_output(k, &b)).await {
+        Ok(end) => {
+            if end.truncated {
+                eprintln!("ferry: output was cut at the server's limit; the command was stopped");
+            }
+            Ok(exit_code(&end))
+        }
+        Err(e) => Ok(report(&e)),
+    }
+}
+
+pub(super) async fn shell(conn: Conn) -> anyhow::Result<i32> {
+    let client = match connect(&conn).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return Ok(EXIT_FERRY_ERROR);
+        }
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "connected to {} (session {}); end with Ctrl-D or `exit`",
+            conn.addr, client.welcome.session
+        );
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut last = 0;
+    loop {
+        if interactive {
+            print!(":> ");
+            let _ = std::io::stdout().flush();
+        }
+        let Some(line) = lines.next_line().await? else {
+            break;
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "exit" || line == "quit" {
+            break;
+        }
+        let req = ExecRequest {
+            cmd: Some(line.to_string()),
+            ..ExecRequest::default()
+        };
+        match client
+            .exec(req, None::<tokio::io::Empty>, |k, b| print_output(k, &b))
+            .await
+        {
+            Ok(end) => {
+                last = exit_code(&end);
+                eprintln!("[exit {last}]");
+            }
+            Err(e) => {
+                last = report(&e);
+                if matches!(e, ClientError::Io(_) | ClientError::Protocol(_)) {
+                    return Ok(last);
+                }
+            }
+        }
+    }
+    Ok(last)
+}

@@ -1,0 +1,311 @@
+//! A client of the TCP protocol: one connection, many concurrent streams.
+//!
+//! Used by the `ferry` CLI and the tests; any program written from `docs/protocol.md` is its peer.
+
+mod ops;
+
+pub use ops::{GetOutcome, Progress};
+
+use crate::core::error::{Code, Error};
+use crate::tcp::codec::{Frame, FrameCodec, HEADER_LEN, Kind};
+use crate::tcp::messages::{ErrorBody, Hello, PROTOCOL_VERSION, Request, Welcome};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Bytes the server may send on each stream before the client grants more.
+pub const CLIENT_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest frame the client accepts.
+const CLIENT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// What went wrong on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection could not be made or broke.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered with an error.
+    #[error("{}: {}", .0.code, .0.message)]
+    Server(Error),
+    /// The server broke the protocol or closed the connection early.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The bytes received do not have the MD5 the server announced.
+    #[error("checksum_mismatch: expected MD5 {expected}, received bytes have {actual}")]
+    Mismatch {
+        /// What the server announced.
+        expected: String,
+        /// What the client computed.
+        actual: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server sent one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Server(e) => Some(e.code),
+            ClientError::Mismatch { .. } => Some(Code::ChecksumMismatch),
+            _ => None,
+        }
+    }
+}
+
+/// The client's result type.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+struct StreamEntry {
+    tx: mpsc::UnboundedSender<Frame>,
+    window: Arc<Semaphore>,
+}
+
+type Streams = Arc<Mutex<HashMap<u32, StreamEntry>>>;
+
+/// An authenticated connection; clone it to share among tasks.
+#[derive(Clone)]
+pub struct Client {
+    out: mpsc::Sender<Frame>,
+    streams: Streams,
+    next: Arc<AtomicU32>,
+    chunk: usize,
+    /// The server's welcome: session id and limits.
+    pub welcome: Arc<Welcome>,
+}
+
+impl Client {
+    /// Connects to `addr` and says hello with `token`.
+    pub async fn connect(addr: &str, token: &str) -> Result<Client> {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        let (rd, wr) = sock.into_split();
+        let mut reader = FramedRead::new(rd, FrameCodec::new(CLIENT_MAX_FRAME));
+        let mut writer = FramedWrite::new(wr, FrameCodec::new(CLIENT_MAX_FRAME));
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            token: Some(token.to_string()),
+            client: Some(format!("ferry-cli/{}", env!("CARGO_PKG_VERSION"))),
+            window: Some(CLIENT_WINDOW),
+            max_frame: Some(CLIENT_MAX_FRAME as u32),
+        };
+        writer
+            .send(Frame::json(Kind::Hello, 0, &hello))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let first = reader
+            .next()
+            .await
+            .ok_or_else(|| {
+                ClientError::Protocol("the server closed the connection during the hello".into())
+            })?
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let welcome: Welcome = match first.kind {
+            Kind::Welcome => first
+                .parse()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            Kind::Error => return Err(server_error(&first)),
+            k => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a welcome, got {k:?}"
+                )));
+            }
+        };
+        // Send at most what the server accepts in a frame, and no more than its window at once.
+        let max_payload = (welcome.limits.max_frame as usize - HEADER_LEN)
+            .min(256 * 1024)
+            .min(welcome.limits.window as usize);
+        let (out, out_rx) = mpsc::channel(32);
+        let streams: Streams = Arc::default();
+        tokio::spawn(write_loop(writer, out_rx));
+        tokio::spawn(read_loop(reader, streams.clone()));
+        Ok(Client {
+            out,
+            streams,
+            next: Arc::new(AtomicU32::new(1)),
+            chunk: max_payload.max(1),
+            welcome: Arc::new(welcome),
+        })
+    }
+
+    /// Opens a stream with `req`; data sends are limited by the server's window.
+    pub async fn open(&self, req: &Request) -> Result<StreamHandle> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let window = Arc::new(Semaphore::new(self.welcome.limits.window as usize));
+        self.streams.lock().unwrap().insert(
+            id,
+            StreamEntry {
+                tx,
+                window: window.clone(),
+            },
+        );
+        self.send(Frame::json(Kind::Request, id, req)).await?;
+        Ok(StreamHandle {
+            rx,
+            sender: StreamSender {
+                id,
+                window,
+                client: self.clone(),
+            },
+        })
+    }
+
+    async fn send(&self, f: Frame) -> Result<()> {
+        self.out
+            .send(f)
+            .await
+            .map_err(|_| ClientError::Protocol("the connection is closed".into()))
+    }
+}
+
+fn server_error(f: &Frame) -> ClientError {
+    match f.parse::<ErrorBody>() {
+        Ok(b) => ClientError::Server(b.into()),
+        Err(_) => ClientError::Protocol("an unreadable error frame".into()),
+    }
+}
+
+/// The sending half of a stream; clone it to feed data from another task.
+#[derive(Clone)]
+pub struct StreamSender {
+    /// The stream id.
+    pub id: u32,
+    window: Arc<Semaphore>,
+    client: Client,
+}
+
+impl StreamSender {
+    /// Sends data, waiting for window as needed; splits it into frame-sized pieces.
+    pub async fn send_data(&self, mut bytes: Bytes) -> Result<()> {
+        while !bytes.is_empty() {
+            let piece = bytes.split_to(bytes.len().min(self.client.chunk));
+            let permit = self
+                .window
+                .acquire_many(piece.len() as u32)
+                .await
+                .map_err(|_| ClientError::Protocol("the connection closed".into()))?;
+            permit.forget();
+            self.client
+                .send(Frame::new(Kind::Data, self.id, piece))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Says that no more stdin follows.
+    pub async fn send_eof(&self) -> Result<()> {
+        self.client
+            .send(Frame::new(Kind::Eof, self.id, Bytes::new()))
+            .await
+    }
+
+    /// Asks the server to cancel the stream.
+    pub async fn cancel(&self) -> Result<()> {
+        self.client
+            .send(Frame::new(Kind::Cancel, self.id, Bytes::new()))
+            .await
+    }
+
+    /// The largest data payload sent in one frame.
+    pub fn chunk(&self) -> usize {
+        self.client.chunk
+    }
+}
+
+/// One stream: read its frames in order; send through its [`StreamSender`].
+pub struct StreamHandle {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    sender: StreamSender,
+}
+
+impl std::ops::Deref for StreamHandle {
+    type Target = StreamSender;
+    fn deref(&self) -> &StreamSender {
+        &self.sender
+    }
+}
+
+impl StreamHandle {
+    /// The next frame of the stream; data frames are granted back to the server as they are taken.
+    /// An `Error` frame becomes `Err`.
+    pub async fn recv(&mut self) -> Result<Frame> {
+        let f = self
+            .rx
+            .recv()
+            .await
+            .ok_or_else(|| ClientError::Protocol("the connection closed mid-stream".into()))?;
+        if f.kind == Kind::Error {
+            return Err(server_error(&f));
+        }
+        if f.kind.is_flow_controlled() && !f.payload.is_empty() {
+            let grant = Frame::window(self.sender.id, f.payload.len() as u32);
+            self.sender.client.send(grant).await?;
+        }
+        Ok(f)
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        self.sender
+            .client
+            .streams
+            .lock()
+            .unwrap()
+            .remove(&self.sender.id);
+    }
+}
+
+async fn write_loop(
+    mut w: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut rx: mpsc::Receiver<Frame>,
+) {
+    while let Some(f) = rx.recv().await {
+        if w.feed(f).await.is_err() {
+            return;
+        }
+        while let Ok(f) = rx.try_recv() {
+            if w.feed(f).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_loop(
+    mut r: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    streams: Streams,
+) {
+    while let Some(Ok(f)) = r.next().await {
+        let map = streams.lock().unwrap();
+        if f.stream == 0 {
+            // A connection-level error: every open stream hears it.
+            for s in map.values() {
+                let _ = s.tx.send(Frame::new(f.kind, 0, f.payload.clone()));
+            }
+            continue;
+        }
+        let Some(s) = map.get(&f.stream) else {
+            continue;
+        };
+        if f.kind == Kind::Window {
+            if let Ok(b) = <[u8; 4]>::try_from(&f.payload[..]) {
+                s.window.add_permits(u32::from_be_bytes(b) as usize);
+            }
+            continue;
+        }
+        let _ = s.tx.send(f);
+    }
+    // The connection is gone: dropping the senders ends every stream.
+    streams.lock().unwrap().clear();
+}

@@ -1,0 +1,112 @@
+//! `ferry serve` settings: flags, each also read from `FERRY_<NAME>`.
+
+use crate::core::CoreConfig;
+use crate::core::exec::ExecLimits;
+use crate::server::ServerConfig;
+use crate::tcp::TcpConfig;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `ferry serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Directory of the served files (created if missing).
+    #[arg(long, env = "FERRY_ROOT", default_value = "ferry-root")]
+    pub root: PathBuf,
+    /// Directory for the SQLite database and the generated token.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "ferry-data")]
+    pub data_dir: PathBuf,
+    /// Address of the raw TCP protocol (port 0 picks a free port).
+    #[arg(long, env = "FERRY_TCP_ADDR", default_value = "127.0.0.1:8888")]
+    pub tcp_addr: SocketAddr,
+    /// Access token; without one, a token is generated once and kept in the data dir.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Most TCP connections at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest frame accepted, in bytes (K, M suffixes allowed; at least 64K).
+    #[arg(long, env = "FERRY_MAX_FRAME", default_value = "1M", value_parser = parse_size)]
+    pub max_frame: u64,
+    /// Longest run time of a command, in seconds (a request may ask for less).
+    #[arg(long, env = "FERRY_EXEC_TIMEOUT", default_value_t = 600)]
+    pub exec_timeout: u64,
+    /// Most output (stdout + stderr) of one command before it is cut and killed (K, M, G suffixes).
+    #[arg(long, env = "FERRY_MAX_OUTPUT", default_value = "256M", value_parser = parse_size)]
+    pub max_output: u64,
+    /// Most commands running at once; more wait up to 10 s, then get `busy`.
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_EXECS", default_value_t = 64)]
+    pub max_concurrent_execs: usize,
+    /// Seconds a new connection has to send its hello.
+    #[arg(long, env = "FERRY_HELLO_TIMEOUT", default_value_t = 10)]
+    pub hello_timeout: u64,
+    /// Seconds transfers may go on after SIGINT/SIGTERM.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+/// Parses `123`, `64K`, `1M`, `2G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix in {s:?}; use K, M or G")),
+            };
+            (&s[..i], mul)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl ServeArgs {
+    /// The server configuration for these flags and a resolved token.
+    pub fn to_config(&self, token: String) -> anyhow::Result<ServerConfig> {
+        anyhow::ensure!(
+            (64 * 1024..=16 * 1024 * 1024).contains(&self.max_frame),
+            "--max-frame must be between 64K and 16M"
+        );
+        anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
+        Ok(ServerConfig {
+            core: CoreConfig {
+                root: self.root.clone(),
+                data_dir: self.data_dir.clone(),
+                token,
+                exec: ExecLimits {
+                    timeout: Duration::from_secs(self.exec_timeout),
+                    max_output: self.max_output,
+                    max_concurrent: self.max_concurrent_execs,
+                },
+            },
+            tcp: TcpConfig {
+                max_connections: self.max_connections,
+                max_frame: self.max_frame as usize,
+                hello_timeout: Duration::from_secs(self.hello_timeout),
+                ..TcpConfig::default()
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("17"), Ok(17));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! The audit store: SQLite through sqlx, written off the request path by one task.
+
+use crate::core::error::{Error, Result};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Who did something: the session, its transport and peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Actor {
+    /// The session id.
+    pub session_id: String,
+    /// `tcp`, `http`, `ws` or `legacy`.
+    pub transport: &'static str,
+    /// The peer address.
+    pub peer: String,
+}
+
+/// The end of a command, completing the row written when it started.
+#[derive(Debug, Clone)]
+pub struct CommandEnd {
+    /// The command id.
+    pub id: String,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Output bytes produced (stdout + stderr).
+    pub bytes_out: u64,
+    /// Whether output was cut at the cap.
+    pub truncated: bool,
+    /// The error code that ended it, if any.
+    pub error: Option<String>,
+}
+
+/// One finished transfer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferRow {
+    /// The transfer id.
+    pub id: String,
+    /// Who moved it.
+    pub actor: Actor,
+    /// Path under the root.
+    pub path: String,
+    /// `get` or `put`.
+    pub direction: &'static str,
+    /// The file's full size.
+    pub size: u64,
+    /// Bytes actually moved.
+    pub bytes: u64,
+    /// The MD5 computed or served.
+    pub md5: Option<String>,
+    /// The MD5 the client announced, if any.
+    pub expected_md5: Option<String>,
+    /// verified, mismatch, failed or cancelled.
+    pub result: String,
+    /// Start, unix ms.
+    pub started_at: i64,
+}
+
+/// A stored digest entry.
+#[derive(Debug, Clone)]
+pub struct DigestRow {
+    /// Path under the root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// MD5 hex.
+    pub md5: String,
+}
+
+/// One audit log entry as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    /// `session`, `command` or `transfer`.
+    pub kind: String,
+    /// The row id.
+    pub id: String,
+    /// Session id.
+    pub session_id: String,
+    /// Transport.
+    pub transport: String,
+    /// Start, unix ms.
+    pub at: i64,
+    /// What happened, one line.
+    pub summary: String,
+    /// The result: exit code, transfer result or session end reason.
+    pub result: Option<String>,
+}
+
+enum Event {
+    SessionStart(Actor, i64),
+    SessionEnd {
+        id: String,
+        bytes_in: u64,
+        bytes_out: u64,
+        reason: String,
+    },
+    CommandEnd(CommandEnd),
+    Transfer(Box<TransferRow>),
+    Digest(DigestRow),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the audit store; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    pool: SqlitePool,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Audit {
+    /// Opens (or creates) `ferry.db` in `data_dir`, applies migrations and starts the writer.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<(Audit, JoinHandle<()>)> {
+        let opts = SqliteConnectOptions::new()
+            .filename(data_dir.join("ferry.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = tokio::spawn(writer(pool.clone(), rx));
+        Ok((Audit { pool, tx }, writer))
+    }
+
+    async fn send(&self, ev: Event) {
+        if self.tx.send(ev).await.is_err() {
+            tracing::warn!("audit writer is closed; an audit row was dropped");
+        }
+    }
+
+    /// Records a session start.
+    pub async fn session_started(&self, actor: &Actor) {
+        self.send(Event::SessionStart(actor.clone(), now_ms()))
+            .await;
+    }
+
+    /// Records a session end with its byte counts.
+    pub async fn session_ended(&self, id: &str, bytes_in: u64, bytes_out: u64, reason: &str) {
+        self.send(Event::SessionEnd {
+            id: id.to_string(),
+            bytes_in,
+            bytes_out,
+            reason: reason.to_string(),
+        })
+        .await;
+    }
+
+    /// Writes a command's row before its process starts; returns once it is stored.
+    pub async fn command_started(
+        &self,
+        id: &str,
+        actor: &Actor,
+        command: &str,
+        cwd: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&actor.session_id)
+        .bind(actor.transport)
+        .bind(&actor.peer)
+        .bind(command)
+        .bind(cwd)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(Error::internal)?;
+        Ok(())
+    }
+
+    /// Completes a command's row.
+    pub async fn command_ended(&self, end: CommandEnd) {
+        self.send(Event::CommandEnd(end)).await;
+    }
+
+    /// Records a finished transfer.
+    pub async fn transfer(&self, row: TransferRow) {
+        self.send(Event::Transfer(Box::new(row))).await;
+    }
+
+    /// Stores a digest durably.
+    pub async fn digest(&self, row: DigestRow) {
+        self.send(Event::Digest(row)).await;
+    }
+
+    /// Waits until every row sent before this call is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Flush(tx)).await;
+        let _ = rx.await;
+    }
+
+    /// Loads every stored digest (at start, to fill the in-memory cache).
+    pub async fn load_digests(&self) -> anyhow::Result<Vec<DigestRow>> {
+        let rows = sqlx::query("SELECT path, size, mtime_ns, ino, md5 FROM digests")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DigestRow {
+                path: r.get("path"),
+                size: r.get::<i64, _>("size") as u64,
+                mtime_ns: r.get("mtime_ns"),
+                ino: r.get::<i64, _>("ino") as u64,
+                md5: r.get("md5"),
+            })
+            .collect())
+    }
+
+    /// The newest audit entries, newest first, strictly older than `before` (unix ms) if given.
+    pub async fn recent(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>> {
+        let before = before.unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT * FROM (
+               SELECT 'session' AS kind, id, id AS session_id, transport, started_at AS at,
+                      'session from ' || peer AS summary, end_reason AS result
+                 FROM sessions WHERE started_at < ?1
+               UNION ALL
+               SELECT 'command', id, session_id, transport, started_at, command,
+                      COALESCE(error, 'exit ' || exit_code, 'signal ' || signal)
+                 FROM commands WHERE started_at < ?1
+               UNION ALL
+               SELECT 'transfer', id, session_id, transport, started_at,
+                      direction || ' ' || path || ' (' || size || ' bytes)', result
+                 FROM transfers WHERE started_at < ?1
+             ) ORDER BY at DESC LIMIT ?2",
+        )
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::internal)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                kind: r.get("kind"),
+                id: r.get("id"),
+                session_id: r.get("session_id"),
+                transport: r.get("transport"),
+                at: r.get("at"),
+                summary: r.get("summary"),
+                result: r.get("result"),
+            })
+            .collect())
+    }
+
+    /// The pool, for read-only queries by the API and tests.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes the store once the writer has drained (call after the writer ends).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        if let Err(e) = write_batch(&pool, &mut batch).await {
+            tracing::error!(error = %e, "audit batch failed");
+        }
+        batch.clear();
+    }
+}
+
+async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<()> {
+    let mut flushes = Vec::new();
+    let mut tx = pool.begin().await?;
+    for ev in batch.drain(..) {
+        match ev {
+            Event::SessionStart(a, at) => {
+                sqlx::query(
+                    "INSERT INTO sessions (id, transport, peer, started_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&a.session_id)
+                .bind(a.transport)
+                .bind(&a.peer)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::SessionEnd {
+                id,
+                bytes_in,
+                bytes_out,
+                reason,
+            } => {
+                sqlx::query(
+                    "UPDATE sessions SET ended_at = ?, bytes_in = ?, bytes_out = ?, end_reason = ? WHERE id = ?",
+                )
+                .bind(now_ms())
+                .bind(bytes_in as i64)
+                .bind(bytes_out as i64)
+                .bind(reason)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::CommandEnd(c) => {
+                sqlx::query(
+                    "UPDATE commands SET ended_at = ?, exit_code = ?, signal = ?, duration_ms = ?,
+                     bytes_out = ?, truncated = ?, error = ? WHERE id = ?",
+                )
+                .bind(now_ms())
+                .bind(c.exit_code)
+                .bind(c.signal)
+                .bind(c.duration_ms as i64)
+                .bind(c.bytes_out as i64)
+                .bind(c.truncated)
+                .bind(c.error)
+                .bind(c.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::Transfer(t) => {
+                sqlx::query(
+                    "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
+                     md5, expected_md5, result, started_at, ended_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&t.id)
+                .bind(&t.actor.session_id)
+                .bind(t.actor.transport)
+                .bind(&t.actor.peer)
+                .bind(&t.path)
+                .bind(t.direction)
+                .bind(t.size as i64)
+                .bind(t.bytes as i64)
+                .bind(&t.md5)
+                .bind(&t.expected_md5)
+                .bind(&t.result)
+                .bind(t.started_at)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::Digest(d) => {
+                sqlx::query(
+                    "INSERT INTO digests (path, size, mtime_ns, ino, md5) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                     ino = excluded.ino, md5 = excluded.md5",
+                )
+                .bind(&d.path)
+                .bind(d.size as i64)
+                .bind(d.mtime_ns)
+                .bind(d.ino as i64)
+                .bind(&d.md5)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Event::Flush(done) => flushes.push(done),
+        }
+    }
+    tx.commit().await?;
+    for done in flushes {
+        let _ = done.send(());
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The one streaming MD5 used by every path that moves bytes.
+
+use md5::{Digest, Md5};
+use std::io::{self, Read, Write};
+
+/// A streaming MD5 that counts the bytes it has seen.
+#[derive(Clone, Default)]
+pub struct Md5Stream {
+    hasher: Md5,
+    len: u64,
+}
+
+impl Md5Stream {
+    /// Starts an empty digest.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes into the digest.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    /// How many bytes have been fed.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no byte has been fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Finishes and returns the lowercase hex digest.
+    pub fn hex(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+/// A writer that hashes every byte it passes on.
+pub struct HashingWriter<W> {
+    inner: W,
+    md5: Md5Stream,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`, starting from an existing digest state.
+    pub fn with_state(inner: W, md5: Md5Stream) -> Self {
+        HashingWriter { inner, md5 }
+    }
+
+    /// Wraps `inner` with a fresh digest.
+    pub fn new(inner: W) -> Self {
+        Self::with_state(inner, Md5Stream::new())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.md5.len()
+    }
+
+    /// Returns the inner writer and the digest state.
+    pub fn into_parts(self) -> (W, Md5Stream) {
+        (self.inner, self.md5)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hashes everything `reader` yields, in large reads; returns (hex, length).
+pub fn hash_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
+    let mut md5 = Md5Stream::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        md5.update(&buf[..n]);
+    }
+    let len = md5.len();
+    Ok((md5.hex(), len))
+}
+
+/// Whether `s` is a well-formed MD5 hex digest (32 hex digits, any case).
+pub fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digests() {
+        assert_eq!(
+            hash_reader(&b""[..]).unwrap().0,
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"hello\n").unwrap();
+        let (buf, md5) = w.into_parts();
+        assert_eq!(buf, b"hello\n");
+        assert_eq!(md5.hex(), "b1946ac92492d2347c6235b4d2611184");
+    }
+}

@@ -1,0 +1,95 @@
+//! The in-memory digest cache, keyed by path and checked against size, mtime and inode.
+
+use crate::core::audit::{Audit, DigestRow};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The identity of a file's content as the filesystem reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileKey {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// Reads the key from std metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ino: meta.ino(),
+        }
+    }
+
+    /// Reads the key from cap-std metadata.
+    pub fn of_cap(meta: &cap_std::fs::Metadata) -> FileKey {
+        use cap_std::fs::MetadataExt;
+        FileKey {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// Digests of files under the root: memory first, SQLite as the durable copy.
+#[derive(Clone)]
+pub struct DigestCache {
+    map: Arc<Mutex<HashMap<String, (FileKey, String)>>>,
+    audit: Audit,
+}
+
+impl DigestCache {
+    /// Fills the cache from the audit store.
+    pub async fn load(audit: Audit) -> anyhow::Result<DigestCache> {
+        let rows = audit.load_digests().await?;
+        let map = rows
+            .into_iter()
+            .map(|r| {
+                let key = FileKey {
+                    size: r.size,
+                    mtime_ns: r.mtime_ns,
+                    ino: r.ino,
+                };
+                (r.path, (key, r.md5))
+            })
+            .collect();
+        Ok(DigestCache {
+            map: Arc::new(Mutex::new(map)),
+            audit,
+        })
+    }
+
+    /// The stored MD5 of `path`, if the file is unchanged since it was stored.
+    pub fn lookup(&self, path: &str, key: FileKey) -> Option<String> {
+        let map = self.map.lock().unwrap();
+        map.get(path)
+            .filter(|(k, _)| *k == key)
+            .map(|(_, md5)| md5.clone())
+    }
+
+    /// Stores a digest in memory now and durably off the request path.
+    pub fn store(&self, path: &str, key: FileKey, md5: &str) {
+        self.map
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (key, md5.to_string()));
+        let row = DigestRow {
+            path: path.to_string(),
+            size: key.size,
+            mtime_ns: key.mtime_ns,
+            ino: key.ino,
+            md5: md5.to_string(),
+        };
+        let audit = self.audit.clone();
+        // The writer channel is bounded; send from a task so a blocking caller never waits.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { audit.digest(row).await });
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The command executor: process groups, timeouts, output caps, streamed output.
+
+use crate::core::audit::{Actor, Audit, CommandEnd};
+use crate::core::error::{Code, Error, Result};
+use crate::core::files::Files;
+use crate::core::registry::new_id;
+use bytes::{Bytes, BytesMut};
+use rustix::process::{Pid, Signal, kill_process_group};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Variables passed from the server's environment to every command; all others are cleared.
+pub const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TERM"];
+
+/// How long a command waits for a free slot before `busy`.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// A command to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// A shell line, run by `sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// A program and its arguments, run directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// Working directory under the root (default: the root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Timeout in milliseconds (capped by the server's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Whether the client streams stdin (else stdin is closed).
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+impl ExecRequest {
+    /// The command as one line, for logs and the audit.
+    pub fn display(&self) -> String {
+        match (&self.cmd, &self.argv) {
+            (Some(c), _) => c.clone(),
+            (None, Some(a)) => serde_json::to_string(a).unwrap_or_default(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A piece of output.
+#[derive(Debug, Clone)]
+pub enum ExecOutput {
+    /// Bytes the command wrote to stdout.
+    Stdout(Bytes),
+    /// Bytes the command wrote to stderr.
+    Stderr(Bytes),
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Whether output was cut at the cap (the command is then killed).
+    pub truncated: bool,
+    /// Set when the command ran past its timeout or was cancelled.
+    #[serde(skip)]
+    pub error: Option<Error>,
+}
+
+/// A running command: read `output`, feed `stdin`, then await `outcome`. Dropping it kills the group.
+pub struct ExecHandle {
+    /// The command id (as in the audit log).
+    pub id: String,
+    /// Output as it is produced, in order within each stream.
+    pub output: mpsc::Receiver<ExecOutput>,
+    /// Stdin, when requested; dropping it closes the command's stdin.
+    pub stdin: Option<mpsc::Sender<Bytes>>,
+    done: oneshot::Receiver<ExecOutcome>,
+    cancel: CancellationToken,
+    _guard: DropGuard,
+}
+
+impl ExecHandle {
+    /// Kills the command's process group now.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the end; call after `output` is drained (it closes first).
+    pub async fn outcome(self) -> ExecOutcome {
+        let cancel = self.cancel.clone();
+        let r = self.done.await;
+        drop(self._guard);
+        r.unwrap_or(ExecOutcome {
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            truncated: false,
+            error: Some(if cancel.is_cancelled() {
+                Error::new(Code::Cancelled, "cancelled")
+            } else {
+                Error::internal("command supervisor ended early")
+            }),
+        })
+    }
+}
+
+/// Limits the executor enforces.
+#[derive(Debug, Clone)]
+pub struct ExecLimits {
+    /// Longest and default run time.
+    pub timeout: Duration,
+    /// Most output bytes (stdout + stderr) before the command is cut.
+    pub max_output: u64,
+    /// Most commands running at once.
+    pub max_concurrent: usize,
+}
+
+/// Runs commands for every transport.
+#[derive(Clone)]
+pub struct Executor {
+    files: Files,
+    audit: Audit,
+    limits: ExecLimits,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Executor {
+    /// An executor under `limits`; `shutdown` cancels every running command.
+    pub fn new(
+        files: Files,
+        audit: Audit,
+        limits: ExecLimits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        Executor {
+            files,
+            audit,
+            limits,
+            slots,
+            shutdown,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ExecLimits {
+        &self.limits
+    }
+
+    /// Starts a command: audited before it runs, in its own process group, with a cleared environment.
+    pub async fn start(&self, actor: &Actor, req: ExecRequest) -> Result<ExecHandle> {
+        let (program, args) = match (&req.cmd, &req.argv) {
+            (Some(_), Some(_)) => {
+                return Err(Error::bad_request("give either cmd or argv, not both"));
+            }
+            (Some(c), None) if !c.trim().is_empty() => {
+                ("sh".to_string(), vec!["-c".to_string(), c.clone()])
+            }
+            (None, Some(a)) if !a.is_empty() && !a[0].is_empty() => (a[0].clone(), a[1..].to_vec()),
+            _ => return Err(Error::bad_request("an empty command")),
+        };
+        for (k, v) in &req.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(Error::bad_request(format!(
+                    "invalid environment variable {k:?}"
+                )));
+            }
+        }
+        let timeout = match req.timeout_ms {
+            Some(0) => return Err(Error::bad_request("timeout_ms must be positive")),
+            Some(ms) => Duration::from_millis(ms).min(self.limits.timeout),
+            None => self.limits.timeout,
+        };
+        let cwd_raw = req.cwd.clone().unwrap_or_default();
+        let cwd = self.files.resolve_dir(&cwd_raw).await?;
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::new(Code::Busy, "too many commands are running; retry later"))?
+            .map_err(Error::internal)?;
+
+        let id = new_id();
+        let line = req.display();
+        self.audit
+            .command_started(&id, actor, &line, &cwd_raw)
+            .await?;
+
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
+            .current_dir(&cwd)
+            .env_clear()
+            .process_group(0)
+            .stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for k in ENV_ALLOWLIST {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.envs(&req.env);
+        let started = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let err = if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::new(Code::NotFound, format!("{program}: command not found"))
+                } else {
+                    Error::internal(format!("spawn {program}: {e}"))
+                };
+                self.end(&id, actor, &line, None, started, 0, false, Some(&err))
+                    .await;
+                return Err(err);
+            }
+        };
+        let pgid = child.id().and_then(|p| Pid::from_raw(p as i32));
+        let (out_tx, out_rx) = mpsc::channel(8);
+        let cancel = self.shutdown.child_token();
+        let stdin_tx = child.stdin.take().map(|mut pipe| {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+            tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    if pipe.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tx
+        });
+        let cap = Arc::new(OutputCap {
+            max: self.limits.max_output,
+            used: AtomicU64::new(0),
+            truncated: AtomicBool::new(false),
+            hit: Notify::new(),
+        });
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|p| tokio::spawn(pump(p, out_tx.clone(), cap.clone(), ExecOutput::Stdout))),
+            child
+                .stderr
+                .take()
+                .map(|p| tokio::spawn(pump(p, out_tx, cap.clone(), ExecOutput::Stderr))),
+        ];
+        let (done_tx, done_rx) = oneshot::channel();
+        let this = self.clone();
+        let (actor2, cancel2, id2) = (actor.clone(), cancel.clone(), id.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let mut error = None;
+            let status = tokio::select! {
+                s = child.wait() => s.ok(),
+                _ = &mut deadline => {
+                    error = Some(Error::new(Code::Timeout, format!(
+                        "command ran past its {} ms timeout; its process group was killed", timeout.as_millis())));
+                    None
+                }
+                _ = cancel2.cancelled() => {
+                    error = Some(Error::new(Code::Cancelled, "command cancelled; its process group was killed"));
+                    None
+                }
+                _ = cap.hit.notified() => None,
+            };
+            // Whatever ended it, nothing of the group outlives the command.
+            if let Some(pg) = pgid {
+                let _ = kill_process_group(pg, Signal::KILL);
+            }
+            let status = match status {
+                Some(s) => Some(s),
+                None => child.wait().await.ok(),
+            };
+            for r in readers.into_iter().flatten() {
+                tokio::select! {
+                    _ = r => {}
+                    _ = &mut deadline => break,
+                }
+            }
+            use std::os::unix::process::ExitStatusExt;
+            let outcome = ExecOutcome {
+                exit_code: status.and_then(|s| s.code()),
+                signal: status.and_then(|s| s.signal()),
+                duration_ms: started.elapsed().as_millis() as u64,
+                truncated: cap.truncated.load(Ordering::Relaxed),
+                error,
+            };
+            let used = cap.used.load(Ordering::Relaxed);
+            this.end(
+                &id,
+                &actor2,
+                &line,
+                Some(&outcome),
+                started,
+                used,
+                outcome.truncated,
+                outcome.error.as_ref(),
+            )
+            .await;
+            let _ = done_tx.send(outcome);
+        });
+        Ok(ExecHandle {
+            id: id2,
+            output: out_rx,
+            stdin: stdin_tx,
+            done: done_rx,
+            _guard: cancel.clone().drop_guard(),
+            cancel,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn end(
+        &self,
+        id: &str,
+        actor: &Actor,
+        line: &str,
+        outcome: Option<&ExecOutcome>,
+        started: Instant,
+        bytes_out: u64,
+        truncated: bool,
+        error: Option<&Error>,
+    ) {
+        let end = CommandEnd {
+            id: id.to_string(),
+            exit_code: outcome.and_then(|o| o.exit_code),
+            signal: outcome.and_then(|o| o.signal),
+            duration_ms: started.elapsed().as_millis() as u64,
+            bytes_out,
+            truncated,
+            error: error.map(|e| e.code.as_str().to_string()),
+        };
+        tracing::info!(command = %id, session = %actor.session_id, transport = actor.transport, cmd = %line,
+            exit = ?end.exit_code, signal = ?end.signal, ms = end.duration_ms, bytes_out, truncated,
+            error = end.error.as_deref().unwrap_or("-"), "command");
+        self.audit.command_ended(end).await;
+    }
+}
+
+struct OutputCap {
+    max: u64,
+    used: AtomicU64,
+    truncated: AtomicBool,
+    hit: Notify,
+}
+
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    tx: mpsc::Sender<ExecOutput>,
+    cap: Arc<OutputCap>,
+    wrap: fn(Bytes) -> ExecOutput,
+) {
+    loop {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        match pipe.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let before = cap.used.fetch_add(n as u64, Ordering::Relaxed);
+                let room = cap.max.saturating_sub(before);
+                if (n as u64) > room {
+                    buf.truncate(room as usize);
+                    cap.truncated.store(true, Ordering::Relaxed);
+                    cap.hit.notify_one();
+                    if !buf.is_empty() {
+                        let _ = tx.send(wrap(buf.freeze())).await;
+                    }
+                    return;
+                }
+                if tx.send(wrap(buf.freeze())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

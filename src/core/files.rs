@@ -1,0 +1,188 @@
+//! The served root: confined file access, listings and the digest of every file.
+
+use crate::core::audit::Audit;
+use crate::core::digests::{DigestCache, FileKey};
+use crate::core::error::{Error, Result};
+use crate::core::paths::RelPath;
+use crate::core::registry::Registry;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The marker in the names of in-progress uploads; such files are hidden from listings.
+pub const TEMP_MARKER: &str = ".ferry-tmp-";
+
+/// One entry of a listing, or the answer to `stat`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// The file name (the full relative path for `stat`).
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, unix ms.
+    pub mtime: i64,
+    /// The MD5 hex, when known without hashing.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub md5: Option<String>,
+}
+
+/// Confined access to the served root, shared by every transport.
+#[derive(Clone)]
+pub struct Files {
+    pub(crate) dir: Arc<Dir>,
+    root_path: PathBuf,
+    pub(crate) digests: DigestCache,
+    pub(crate) audit: Audit,
+    pub(crate) registry: Registry,
+}
+
+/// Runs blocking filesystem work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(Error::internal)?
+}
+
+impl Files {
+    /// Opens the root (created if missing).
+    pub fn open(
+        root: &Path,
+        digests: DigestCache,
+        audit: Audit,
+        registry: Registry,
+    ) -> anyhow::Result<Files> {
+        std::fs::create_dir_all(root)?;
+        let root_path = root.canonicalize()?;
+        let dir = Dir::open_ambient_dir(&root_path, ambient_authority())?;
+        Ok(Files {
+            dir: Arc::new(dir),
+            root_path,
+            digests,
+            audit,
+            registry,
+        })
+    }
+
+    /// The root's absolute path on the host.
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Resolves a directory for a command's cwd: confined, and must exist.
+    pub async fn resolve_dir(&self, raw: &str) -> Result<PathBuf> {
+        let rel = RelPath::parse(raw)?;
+        let dir = self.dir.clone();
+        let root = self.root_path.clone();
+        blocking(move || {
+            let meta = dir
+                .metadata(rel.as_path())
+                .map_err(|e| Error::io(e, rel.as_str()))?;
+            if !meta.is_dir() {
+                return Err(Error::bad_request(format!("{rel}: not a directory")));
+            }
+            Ok(if rel.is_root() {
+                root
+            } else {
+                root.join(rel.as_path())
+            })
+        })
+        .await
+    }
+
+    /// Describes one path (following symlinks that stay inside the root).
+    pub async fn stat(&self, raw: &str) -> Result<Entry> {
+        let rel = RelPath::parse(raw)?;
+        let this = self.clone();
+        blocking(move || {
+            let meta = this
+                .dir
+                .metadata(rel.as_path())
+                .map_err(|e| Error::io(e, rel.as_str()))?;
+            Ok(this.entry(rel.as_str().to_string(), &rel, &meta, meta.file_type()))
+        })
+        .await
+    }
+
+    /// Lists a directory, sorted by name; in-progress uploads are hidden.
+    pub async fn list(&self, raw: &str) -> Result<Vec<Entry>> {
+        let rel = RelPath::parse(raw)?;
+        let this = self.clone();
+        blocking(move || {
+            let rd = this
+                .dir
+                .read_dir(rel.as_path())
+                .map_err(|e| Error::io(e, rel.as_str()))?;
+            let mut out = Vec::new();
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::io(e, rel.as_str()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.contains(TEMP_MARKER) {
+                    continue;
+                }
+                let Ok(ft) = entry.file_type() else { continue };
+                let Ok(meta) = entry.metadata() else { continue };
+                out.push(this.entry(name.clone(), &rel.join(&name), &meta, ft));
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    fn entry(
+        &self,
+        name: String,
+        rel: &RelPath,
+        meta: &cap_std::fs::Metadata,
+        ft: cap_std::fs::FileType,
+    ) -> Entry {
+        use cap_std::fs::MetadataExt;
+        let kind = if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else {
+            "other"
+        };
+        let md5 = ft
+            .is_file()
+            .then(|| self.digests.lookup(rel.as_str(), FileKey::of_cap(meta)))
+            .flatten();
+        Entry {
+            name,
+            kind: kind.to_string(),
+            size: meta.len(),
+            mtime: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
+            md5,
+        }
+    }
+
+    /// The MD5 of an open file: from the cache, or hashed once and stored.
+    pub(crate) fn digest_of(
+        &self,
+        rel: &RelPath,
+        file: &std::fs::File,
+    ) -> Result<(FileKey, String)> {
+        let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
+        let key = FileKey::of(&meta);
+        if let Some(md5) = self.digests.lookup(rel.as_str(), key) {
+            return Ok((key, md5));
+        }
+        let (md5, _) =
+            crate::core::checksum::hash_reader(file).map_err(|e| Error::io(e, rel.as_str()))?;
+        // Only trust the digest if the file did not change while it was hashed.
+        let after = FileKey::of(&file.metadata().map_err(|e| Error::io(e, rel.as_str()))?);
+        if after == key {
+            self.digests.store(rel.as_str(), key, &md5);
+        }
+        Ok((after, md5))
+    }
+}

@@ -1,0 +1,104 @@
+//! The core every transport calls: exec, files with MD5, registry, audit, auth.
+//!
+//! Nothing here knows a transport: requests are plain values, answers are values and streams,
+//! and failures are one [`error::Error`] with a stable code.
+
+pub mod audit;
+pub mod auth;
+pub mod checksum;
+pub mod digests;
+pub mod error;
+pub mod exec;
+pub mod files;
+pub mod paths;
+pub mod registry;
+pub mod transfer;
+
+use crate::core::audit::{Actor, Audit};
+use crate::core::auth::Auth;
+use crate::core::exec::{ExecLimits, Executor};
+use crate::core::files::Files;
+use crate::core::registry::{Registry, SessionGuard, new_id};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// What the core needs to start.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The served root.
+    pub root: PathBuf,
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// The access token.
+    pub token: String,
+    /// Exec limits.
+    pub exec: ExecLimits,
+}
+
+/// The shared core; cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    /// Confined files with MD5.
+    pub files: Files,
+    /// The command executor.
+    pub exec: Executor,
+    /// Live sessions and transfers.
+    pub registry: Registry,
+    /// The audit store.
+    pub audit: Audit,
+    /// The token check.
+    pub auth: Auth,
+}
+
+impl Core {
+    /// Opens the database, loads the digests and opens the root. Returns the audit writer's task too.
+    pub async fn open(
+        cfg: &CoreConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Core, tokio::task::JoinHandle<()>)> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let (audit, writer) = Audit::open(&cfg.data_dir).await?;
+        let digests = digests::DigestCache::load(audit.clone()).await?;
+        let registry = Registry::new();
+        let files = Files::open(&cfg.root, digests, audit.clone(), registry.clone())?;
+        let exec = Executor::new(files.clone(), audit.clone(), cfg.exec.clone(), shutdown);
+        let core = Core {
+            files,
+            exec,
+            registry,
+            audit,
+            auth: Auth::new(&cfg.token),
+        };
+        Ok((core, writer))
+    }
+
+    /// Opens a session for an authenticated peer: registered, audited and logged; ends when the guard drops.
+    pub async fn open_session(
+        &self,
+        transport: &'static str,
+        peer: String,
+    ) -> (Actor, SessionGuard) {
+        let actor = Actor {
+            session_id: new_id(),
+            transport,
+            peer,
+        };
+        let guard = self.registry.open_session(&actor);
+        self.audit.session_started(&actor).await;
+        tracing::info!(session = %actor.session_id, transport, peer = %actor.peer, "session start");
+        (actor, guard)
+    }
+
+    /// Closes a session's audit row and logs its end in one line.
+    pub async fn close_session(&self, actor: &Actor, guard: SessionGuard, reason: &str) {
+        use std::sync::atomic::Ordering;
+        let bytes_in = guard.counters.bytes_in.load(Ordering::Relaxed);
+        let bytes_out = guard.counters.bytes_out.load(Ordering::Relaxed);
+        drop(guard);
+        self.audit
+            .session_ended(&actor.session_id, bytes_in, bytes_out, reason)
+            .await;
+        tracing::info!(session = %actor.session_id, transport = actor.transport, peer = %actor.peer,
+            bytes_in, bytes_out, reason, "session end");
+    }
+}

@@ -1,0 +1,352 @@
+//! Live sessions and transfers of every transport, with change events.
+
+use crate::core::audit::{Actor, now_ms};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// How many finished transfers stay visible.
+const RECENT_TRANSFERS: usize = 100;
+
+/// A fresh random id (16 hex digits).
+pub fn new_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    hex::encode(b)
+}
+
+/// Counters of one live session, updated by its transport.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    /// Bytes received from the peer.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to the peer.
+    pub bytes_out: AtomicU64,
+}
+
+/// A live session as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Transport name.
+    pub transport: &'static str,
+    /// Peer address.
+    pub peer: String,
+    /// Start, unix ms.
+    pub started_at: i64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// What the session is doing now, if anything.
+    pub current: Option<String>,
+}
+
+/// State of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Bytes are moving.
+    InProgress,
+    /// Finished and the MD5 matched.
+    Verified,
+    /// Finished but the MD5 did not match.
+    Mismatch,
+    /// Ended by an error or a disconnect.
+    Failed,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+/// A transfer as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferInfo {
+    /// Transfer id.
+    pub id: String,
+    /// Owning session.
+    pub session_id: String,
+    /// Transport name.
+    pub transport: &'static str,
+    /// Path under the root.
+    pub path: String,
+    /// `get` or `put`.
+    pub direction: &'static str,
+    /// Bytes moved so far.
+    pub bytes_done: u64,
+    /// Total bytes expected.
+    pub bytes_total: u64,
+    /// Average rate so far, bytes per second.
+    pub rate: u64,
+    /// MD5, once known.
+    pub md5: Option<String>,
+    /// State.
+    pub state: TransferState,
+    /// Start, unix ms.
+    pub started_at: i64,
+    /// End, unix ms, once finished.
+    pub ended_at: Option<i64>,
+}
+
+/// A registry change, for live views.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RegistryEvent {
+    /// A session started.
+    SessionStarted(SessionInfo),
+    /// A session ended.
+    SessionEnded {
+        /// Its id.
+        id: String,
+    },
+    /// A transfer started, progressed or finished.
+    Transfer(TransferInfo),
+}
+
+struct LiveSession {
+    info: SessionInfo,
+    counters: Arc<SessionCounters>,
+}
+
+struct LiveTransfer {
+    info: TransferInfo,
+    done: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, LiveSession>,
+    transfers: HashMap<String, LiveTransfer>,
+    recent: VecDeque<TransferInfo>,
+}
+
+/// The registry of live sessions and transfers; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+    events: broadcast::Sender<RegistryEvent>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Registry {
+            inner: Arc::default(),
+            events,
+        }
+    }
+
+    /// Subscribes to change events (a lagging receiver loses the oldest).
+    pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, ev: RegistryEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Registers a session; it is removed when the returned guard drops.
+    pub fn open_session(&self, actor: &Actor) -> SessionGuard {
+        let counters = Arc::new(SessionCounters::default());
+        let info = SessionInfo {
+            id: actor.session_id.clone(),
+            transport: actor.transport,
+            peer: actor.peer.clone(),
+            started_at: now_ms(),
+            bytes_in: 0,
+            bytes_out: 0,
+            current: None,
+        };
+        self.inner.lock().unwrap().sessions.insert(
+            info.id.clone(),
+            LiveSession {
+                info: info.clone(),
+                counters: counters.clone(),
+            },
+        );
+        self.emit(RegistryEvent::SessionStarted(info));
+        SessionGuard {
+            registry: self.clone(),
+            id: actor.session_id.clone(),
+            counters,
+        }
+    }
+
+    /// Sets what a session is doing now.
+    pub fn set_current(&self, session_id: &str, current: Option<String>) {
+        if let Some(s) = self.inner.lock().unwrap().sessions.get_mut(session_id) {
+            s.info.current = current;
+        }
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let inner = self.inner.lock().unwrap();
+        let mut v: Vec<_> = inner
+            .sessions
+            .values()
+            .map(|s| SessionInfo {
+                bytes_in: s.counters.bytes_in.load(Ordering::Relaxed),
+                bytes_out: s.counters.bytes_out.load(Ordering::Relaxed),
+                ..s.info.clone()
+            })
+            .collect();
+        v.sort_by_key(|s| s.started_at);
+        v
+    }
+
+    /// Registers a transfer; report progress and the end through the returned handle.
+    pub fn start_transfer(
+        &self,
+        actor: &Actor,
+        path: &str,
+        direction: &'static str,
+        total: u64,
+    ) -> TransferHandle {
+        let done = Arc::new(AtomicU64::new(0));
+        let info = TransferInfo {
+            id: new_id(),
+            session_id: actor.session_id.clone(),
+            transport: actor.transport,
+            path: path.to_string(),
+            direction,
+            bytes_done: 0,
+            bytes_total: total,
+            rate: 0,
+            md5: None,
+            state: TransferState::InProgress,
+            started_at: now_ms(),
+            ended_at: None,
+        };
+        self.inner.lock().unwrap().transfers.insert(
+            info.id.clone(),
+            LiveTransfer {
+                info: info.clone(),
+                done: done.clone(),
+            },
+        );
+        self.emit(RegistryEvent::Transfer(info.clone()));
+        TransferHandle {
+            registry: self.clone(),
+            id: info.id,
+            done,
+            finished: false,
+        }
+    }
+
+    /// Active transfers, then recent finished ones (newest first).
+    pub fn transfers(&self) -> Vec<TransferInfo> {
+        let inner = self.inner.lock().unwrap();
+        let mut v: Vec<_> = inner.transfers.values().map(|t| snapshot(t)).collect();
+        v.sort_by_key(|t| t.started_at);
+        v.extend(inner.recent.iter().rev().cloned());
+        v
+    }
+
+    fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<String>) {
+        let info = {
+            let mut inner = self.inner.lock().unwrap();
+            let Some(t) = inner.transfers.remove(id) else {
+                return;
+            };
+            let mut info = snapshot(&t);
+            info.state = state;
+            info.md5 = md5;
+            info.ended_at = Some(now_ms());
+            if inner.recent.len() == RECENT_TRANSFERS {
+                inner.recent.pop_front();
+            }
+            inner.recent.push_back(info.clone());
+            info
+        };
+        self.emit(RegistryEvent::Transfer(info));
+    }
+}
+
+fn snapshot(t: &LiveTransfer) -> TransferInfo {
+    let done = t.done.load(Ordering::Relaxed);
+    let elapsed_ms = (now_ms() - t.info.started_at).max(1) as u64;
+    TransferInfo {
+        bytes_done: done,
+        rate: done.saturating_mul(1000) / elapsed_ms,
+        ..t.info.clone()
+    }
+}
+
+/// Keeps a session registered while alive.
+pub struct SessionGuard {
+    registry: Registry,
+    id: String,
+    /// The session's byte counters.
+    pub counters: Arc<SessionCounters>,
+}
+
+impl SessionGuard {
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry
+            .inner
+            .lock()
+            .unwrap()
+            .sessions
+            .remove(&self.id);
+        self.registry.emit(RegistryEvent::SessionEnded {
+            id: self.id.clone(),
+        });
+    }
+}
+
+/// A live transfer; dropping it unfinished marks it failed.
+pub struct TransferHandle {
+    registry: Registry,
+    id: String,
+    done: Arc<AtomicU64>,
+    finished: bool,
+}
+
+impl TransferHandle {
+    /// The transfer id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Adds moved bytes.
+    pub fn progress(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes moved so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Ends the transfer in `state`.
+    pub fn finish(mut self, state: TransferState, md5: Option<String>) {
+        self.finished = true;
+        self.registry.finish_transfer(&self.id, state, md5);
+    }
+}
+
+impl Drop for TransferHandle {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.registry
+                .finish_transfer(&self.id, TransferState::Failed, None);
+        }
+    }
+}

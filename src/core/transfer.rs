@@ -1,0 +1,517 @@
+//! File transfers: streaming `get` and atomic, MD5-verified `put`.
+
+use crate::core::audit::{Actor, TransferRow, now_ms};
+use crate::core::checksum::{Md5Stream, is_md5_hex};
+use crate::core::digests::FileKey;
+use crate::core::error::{Code, Error, Result};
+use crate::core::files::{Files, TEMP_MARKER, blocking};
+use crate::core::paths::RelPath;
+use crate::core::registry::{TransferHandle, TransferState, new_id};
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
+
+/// Chunks buffered between the disk thread and the transport, per transfer.
+const QUEUE: usize = 4;
+
+/// What a `get` announces before its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetHeader {
+    /// The whole file's size.
+    pub size: u64,
+    /// The whole file's MD5 hex.
+    pub md5: String,
+    /// Where the data starts.
+    pub offset: u64,
+    /// Modification time, unix ms.
+    pub mtime: i64,
+}
+
+/// How a `get` ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetEnd {
+    /// The MD5 announced in the header, repeated.
+    pub md5: String,
+    /// Data bytes sent.
+    pub bytes: u64,
+    /// Whether the file changed while it was read (the MD5 then does not describe the bytes).
+    pub changed: bool,
+}
+
+enum Chunk {
+    Data(Bytes),
+    End { changed: bool },
+    Failed(Error),
+}
+
+/// A download in progress: pull chunks, then `finish`.
+pub struct GetStream {
+    /// What was announced.
+    pub header: GetHeader,
+    rx: mpsc::Receiver<Chunk>,
+    end: Option<bool>,
+    sent: u64,
+    ctx: TransferCtx,
+}
+
+struct TransferCtx {
+    files: Files,
+    actor: Actor,
+    path: String,
+    handle: Option<TransferHandle>,
+    started_at: i64,
+    size: u64,
+}
+
+impl TransferCtx {
+    async fn record(
+        &mut self,
+        direction: &'static str,
+        state: TransferState,
+        md5: Option<String>,
+        expected: Option<String>,
+    ) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let bytes = handle.done();
+        let id = handle.id().to_string();
+        handle.finish(state, md5.clone());
+        let result = match state {
+            TransferState::Verified => "verified",
+            TransferState::Mismatch => "mismatch",
+            TransferState::Cancelled => "cancelled",
+            _ => "failed",
+        };
+        tracing::info!(transfer = %id, session = %self.actor.session_id, path = %self.path, direction,
+            bytes, size = self.size, md5 = md5.as_deref().unwrap_or("-"), result, "transfer");
+        self.files
+            .audit
+            .transfer(TransferRow {
+                id,
+                actor: self.actor.clone(),
+                path: self.path.clone(),
+                direction,
+                size: self.size,
+                bytes,
+                md5,
+                expected_md5: expected,
+                result: result.to_string(),
+                started_at: self.started_at,
+            })
+            .await;
+    }
+}
+
+impl GetStream {
+    /// The next chunk of data, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        match self.rx.recv().await {
+            Some(Chunk::Data(b)) => {
+                self.sent += b.len() as u64;
+                if let Some(h) = &self.ctx.handle {
+                    h.progress(b.len() as u64);
+                }
+                Ok(Some(b))
+            }
+            Some(Chunk::End { changed }) => {
+                self.end = Some(changed);
+                Ok(None)
+            }
+            Some(Chunk::Failed(e)) => Err(e),
+            None => Err(Error::internal("get reader ended early")),
+        }
+    }
+
+    /// Ends the transfer after the last chunk; records it.
+    pub async fn finish(mut self) -> GetEnd {
+        let changed = self.end.unwrap_or(true);
+        let md5 = self.header.md5.clone();
+        let state = if changed {
+            TransferState::Mismatch
+        } else {
+            TransferState::Verified
+        };
+        self.ctx.record("get", state, Some(md5.clone()), None).await;
+        GetEnd {
+            md5,
+            bytes: self.sent,
+            changed,
+        }
+    }
+
+    /// Ends the transfer early (cancel or error); records it.
+    pub async fn abort(mut self, cancelled: bool) {
+        let state = if cancelled {
+            TransferState::Cancelled
+        } else {
+            TransferState::Failed
+        };
+        self.ctx.record("get", state, None, None).await;
+    }
+}
+
+impl Files {
+    /// Opens `raw` for download from `offset`, with chunks of at most `chunk` bytes.
+    pub async fn get(
+        &self,
+        actor: &Actor,
+        raw: &str,
+        offset: u64,
+        chunk: usize,
+    ) -> Result<GetStream> {
+        let rel = RelPath::parse(raw)?;
+        let this = self.clone();
+        let (file, key, md5) = blocking(move || {
+            let file = this
+                .dir
+                .open(rel.as_path())
+                .map_err(|e| Error::io(e, rel.as_str()))?
+                .into_std();
+            let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
+            if !meta.is_file() {
+                return Err(Error::bad_request(format!("{rel}: not a regular file")));
+            }
+            let (key, md5) = this.digest_of(&rel, &file)?;
+            Ok((file, key, md5))
+        })
+        .await?;
+        if offset > key.size {
+            return Err(Error::bad_request(format!(
+                "offset {offset} is past the end ({} bytes)",
+                key.size
+            )));
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let path = RelPath::parse(raw)?.as_str().to_string();
+        tokio::task::spawn_blocking(move || read_loop(file, key, offset, chunk.max(1), tx));
+        let handle = self.registry.start_transfer(actor, &path, "get", key.size);
+        handle.progress(0);
+        Ok(GetStream {
+            header: GetHeader {
+                size: key.size,
+                md5,
+                offset,
+                mtime: key.mtime_ns / 1_000_000,
+            },
+            rx,
+            end: None,
+            sent: 0,
+            ctx: TransferCtx {
+                files: self.clone(),
+                actor: actor.clone(),
+                path,
+                handle: Some(handle),
+                started_at: now_ms(),
+                size: key.size,
+            },
+        })
+    }
+
+    /// Starts an upload of exactly `size` bytes to `raw`, verified against `md5` if given.
+    pub async fn put(
+        &self,
+        actor: &Actor,
+        raw: &str,
+        size: u64,
+        md5: Option<String>,
+    ) -> Result<PutSink> {
+        let rel = RelPath::parse(raw)?;
+        let Some((parent, name)) = rel.split() else {
+            return Err(Error::bad_request("cannot put to the root directory"));
+        };
+        if let Some(m) = &md5
+            && !is_md5_hex(m)
+        {
+            return Err(Error::bad_request("md5 must be 32 hex digits"));
+        }
+        let tmp = parent.join(&format!(".{name}{TEMP_MARKER}{}", new_id()));
+        let this = self.clone();
+        let (rel2, tmp2) = (rel.clone(), tmp.clone());
+        let file = blocking(move || {
+            if let Ok(meta) = this.dir.metadata(rel2.as_path())
+                && meta.is_dir()
+            {
+                return Err(Error::bad_request(format!("{rel2}: is a directory")));
+            }
+            if !parent.is_root() {
+                this.dir
+                    .create_dir_all(parent.as_path())
+                    .map_err(|e| Error::io(e, parent.as_str()))?;
+            }
+            let mut opts = cap_std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            let file = this
+                .dir
+                .open_with(tmp2.as_path(), &opts)
+                .map_err(|e| Error::io(e, rel2.as_str()))?;
+            Ok(file.into_std())
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let files = self.clone();
+        let (rel3, expected) = (rel.clone(), md5.clone());
+        let commit = Arc::new(AtomicBool::new(false));
+        let commit2 = commit.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            write_loop(&files, file, rx, &rel3, &tmp, size, expected, &commit2)
+        });
+        let handle = self
+            .registry
+            .start_transfer(actor, rel.as_str(), "put", size);
+        Ok(PutSink {
+            tx: Some(tx),
+            worker: Some(worker),
+            received: 0,
+            size,
+            expected: md5,
+            ctx: TransferCtx {
+                files: self.clone(),
+                actor: actor.clone(),
+                path: rel.as_str().to_string(),
+                handle: Some(handle),
+                started_at: now_ms(),
+                size,
+            },
+            commit,
+        })
+    }
+}
+
+fn read_loop(
+    mut file: std::fs::File,
+    key: FileKey,
+    offset: u64,
+    chunk: usize,
+    tx: mpsc::Sender<Chunk>,
+) {
+    if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+        let _ = tx.blocking_send(Chunk::Failed(Error::internal(e)));
+        return;
+    }
+    let want = key.size - offset;
+    let mut sent = 0u64;
+    while sent < want {
+        let n = chunk.min((want - sent) as usize);
+        let mut buf = BytesMut::zeroed(n);
+        let mut filled = 0;
+        while filled < n {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Chunk::Failed(Error::internal(e)));
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            break; // the file shrank
+        }
+        buf.truncate(filled);
+        sent += filled as u64;
+        if tx.blocking_send(Chunk::Data(buf.freeze())).is_err() {
+            return; // the transport went away
+        }
+    }
+    let changed = sent != want
+        || file
+            .metadata()
+            .map(|m| FileKey::of(&m) != key)
+            .unwrap_or(true);
+    let _ = tx.blocking_send(Chunk::End { changed });
+}
+
+/// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
+pub struct PutSink {
+    tx: Option<mpsc::Sender<Bytes>>,
+    worker: Option<tokio::task::JoinHandle<Result<PutDone>>>,
+    received: u64,
+    size: u64,
+    expected: Option<String>,
+    ctx: TransferCtx,
+    commit: Arc<AtomicBool>,
+}
+
+/// A verified upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutDone {
+    /// The MD5 of the stored bytes.
+    pub md5: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// Whether the name was new (else an old file was replaced).
+    pub created: bool,
+}
+
+impl PutSink {
+    /// Bytes still expected.
+    pub fn remaining(&self) -> u64 {
+        self.size - self.received
+    }
+
+    /// Hands a chunk to the disk thread; waits only while its small queue is full.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        if chunk.len() as u64 > self.remaining() {
+            return Err(Error::bad_request(format!(
+                "more data than the announced {} bytes",
+                self.size
+            )));
+        }
+        self.received += chunk.len() as u64;
+        if let Some(h) = &self.ctx.handle {
+            h.progress(chunk.len() as u64);
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::internal("put already finished"))?;
+        if tx.send(chunk).await.is_ok() {
+            Ok(())
+        } else {
+            Err(self.worker_error().await)
+        }
+    }
+
+    async fn worker_error(&mut self) -> Error {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => match w.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => Error::internal("put worker ended early"),
+                Err(e) => Error::internal(e),
+            },
+            None => Error::internal("put worker gone"),
+        }
+    }
+
+    /// Ends the upload once all bytes are in: verify, then rename into place or leave nothing.
+    pub async fn finish(mut self) -> Result<PutDone> {
+        if self.remaining() > 0 {
+            let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
+            self.ctx
+                .record("put", TransferState::Failed, None, self.expected.clone())
+                .await;
+            return Err(err);
+        }
+        // Closing the queue with the commit flag set tells the worker that all data is in;
+        // closing it without (a drop on cancel or disconnect) makes it remove the temp file.
+        self.commit.store(true, Ordering::SeqCst);
+        self.tx = None;
+        let result = match self.worker.take() {
+            Some(w) => w.await.map_err(Error::internal).and_then(|r| r),
+            None => Err(Error::internal("put worker gone")),
+        };
+        let (state, md5) = match &result {
+            Ok(done) => (TransferState::Verified, Some(done.md5.clone())),
+            Err(e) if e.code == Code::ChecksumMismatch => (TransferState::Mismatch, None),
+            Err(_) => (TransferState::Failed, None),
+        };
+        self.ctx
+            .record("put", state, md5, self.expected.clone())
+            .await;
+        result
+    }
+
+    /// Abandons the upload (cancel, disconnect): the temp file is removed, nothing is renamed.
+    pub async fn abort(mut self, cancelled: bool) {
+        let state = if cancelled {
+            TransferState::Cancelled
+        } else {
+            TransferState::Failed
+        };
+        self.ctx
+            .record("put", state, None, self.expected.clone())
+            .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_loop(
+    files: &Files,
+    file: std::fs::File,
+    rx: mpsc::Receiver<Bytes>,
+    rel: &RelPath,
+    tmp: &RelPath,
+    size: u64,
+    expected: Option<String>,
+    commit: &AtomicBool,
+) -> Result<PutDone> {
+    let result = write_and_verify(file, rx, size, expected.as_deref(), commit);
+    let (file, md5) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = files.dir.remove_file(tmp.as_path());
+            return Err(e);
+        }
+    };
+    let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
+    let created = files.dir.symlink_metadata(rel.as_path()).is_err();
+    files
+        .dir
+        .rename(tmp.as_path(), &files.dir, rel.as_path())
+        .map_err(|e| {
+            let _ = files.dir.remove_file(tmp.as_path());
+            Error::io(e, rel.as_str())
+        })?;
+    files.digests.store(rel.as_str(), key, &md5);
+    Ok(PutDone { md5, size, created })
+}
+
+/// Hashes on one thread while writing on this one; checks size and MD5; fsyncs.
+fn write_and_verify(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<Bytes>,
+    size: u64,
+    expected: Option<&str>,
+    commit: &AtomicBool,
+) -> Result<(std::fs::File, String)> {
+    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE * 2);
+    let hasher = std::thread::spawn(move || {
+        let mut md5 = Md5Stream::new();
+        for chunk in hrx {
+            md5.update(&chunk);
+        }
+        md5
+    });
+    let mut file = file;
+    let mut written = 0u64;
+    while let Some(chunk) = rx.blocking_recv() {
+        let _ = htx.send(chunk.clone());
+        file.write_all(&chunk).map_err(Error::internal)?;
+        written += chunk.len() as u64;
+    }
+    drop(htx);
+    let md5 = hasher
+        .join()
+        .map_err(|_| Error::internal("hasher panicked"))?;
+    if !commit.load(Ordering::SeqCst) {
+        return Err(Error::new(Code::Cancelled, "upload abandoned"));
+    }
+    if written != size {
+        return Err(Error::bad_request(format!(
+            "upload ended after {} of {size} bytes",
+            written
+        )));
+    }
+    let actual = md5.hex();
+    if let Some(exp) = expected
+        && !exp.eq_ignore_ascii_case(&actual)
+    {
+        return Err(Error::new(
+            Code::ChecksumMismatch,
+            format!(
+                "MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"
+            ),
+        ));
+    }
+    file.sync_all().map_err(Error::internal)?;
+    Ok((file, actual))
+}

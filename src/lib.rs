@@ -1,0 +1,18 @@
+//! ferry: run commands and move files on a machine through three transports that share one core.
+//!
+//! ```text
+//!  raw TCP :8888 ──┐
+//!  HTTP REST ──────┤   transports: decode, authenticate, call core, encode
+//!  WS /term ───────┘
+//!                   │
+//!                   ▼
+//!    core: Exec · Files (+ MD5) · Registry (sessions, transfers, checks) · Audit (SQLite) · Auth
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod server;
+pub mod tcp;

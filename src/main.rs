@@ -1,0 +1,69 @@
+//! The `ferry` binary: parse the command line, then serve or act as a client.
+
+use clap::Parser;
+use ferry::cli::{Cli, Command};
+use ferry::config::ServeArgs;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)).map(|_| 0),
+        cmd => rt.block_on(ferry::cli::run_client(cmd)),
+    };
+    match code {
+        Ok(c) => std::process::ExitCode::from(c.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&args.data_dir)?;
+    let (token, generated) =
+        ferry::core::auth::load_or_create_token(args.token.as_deref(), &args.data_dir)?;
+    let cfg = args.to_config(token.clone())?;
+    let tcp = tokio::net::TcpListener::bind(args.tcp_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.tcp_addr))?;
+    let shutdown = CancellationToken::new();
+    let running =
+        ferry::server::start(cfg, ferry::server::Listeners { tcp }, shutdown.clone()).await?;
+    println!(
+        "ferry {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        running.core.files.root_path().display()
+    );
+    println!("tcp  {}", running.tcp_addr);
+    if generated {
+        println!(
+            "token {token}\n      (generated once and kept in {}; clients read it from FERRY_TOKEN or --token)",
+            args.data_dir.join(ferry::core::auth::TOKEN_FILE).display()
+        );
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    shutdown.cancel();
+    running.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

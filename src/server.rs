@@ -1,0 +1,89 @@
+//! Starting and stopping a whole ferry server: the core plus its transports.
+
+use crate::core::{Core, CoreConfig};
+use crate::tcp::{self, TcpConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a server needs besides its listeners.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The core's settings.
+    pub core: CoreConfig,
+    /// The TCP transport's limits.
+    pub tcp: TcpConfig,
+    /// How long transfers may go on after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// The bound sockets a server serves (bound by the caller, so tests can use port 0).
+pub struct Listeners {
+    /// The raw TCP protocol's listener.
+    pub tcp: TcpListener,
+}
+
+/// A running server.
+pub struct Running {
+    /// The shared core (tests read the registry and the audit through it).
+    pub core: Core,
+    /// The TCP address actually bound.
+    pub tcp_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the server has shut down (after `shutdown` is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the core and starts every transport; cancelling `shutdown` stops them gracefully.
+pub async fn start(
+    cfg: ServerConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let (core, _writer) = Core::open(&cfg.core, shutdown.clone()).await?;
+    let tcp_addr = listeners.tcp.local_addr()?;
+    let kill = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let accept = tokio::spawn(tcp::serve(
+        core.clone(),
+        cfg.tcp.clone(),
+        listeners.tcp,
+        shutdown.clone(),
+        kill.clone(),
+        tracker.clone(),
+    ));
+    let core2 = core.clone();
+    let task = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let _ = accept.await;
+        tracker.close();
+        tracing::info!(
+            grace_s = cfg.shutdown_grace.as_secs(),
+            "shutting down: no new connections, commands cancelled"
+        );
+        if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("transfers still running at the deadline; closing their connections");
+            kill.cancel();
+            tracker.wait().await;
+        }
+        core2.audit.flush().await;
+        core2.audit.close().await;
+        tracing::info!("shutdown complete");
+    });
+    Ok(Running {
+        core,
+        tcp_addr,
+        task,
+    })
+}

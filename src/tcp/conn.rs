@@ -1,0 +1,332 @@
+//! One TCP connection: the hello, the demultiplexer and the writer.
+
+use super::TcpConfig;
+use super::codec::{CodecError, Frame, FrameCodec, HEADER_LEN, Kind};
+use super::messages::{ErrorBody, Hello, Limits, PROTOCOL_VERSION, Request, Welcome};
+use super::ops::{self, StreamCtx};
+use crate::core::Core;
+use crate::core::audit::Actor;
+use crate::core::error::{Code, Error};
+use crate::core::registry::SessionCounters;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+/// Frames queued for the socket, per connection; with the windows, this bounds its memory.
+const OUT_QUEUE: usize = 32;
+/// Largest window grant the server accepts in total on one stream (keeps the counter sane).
+const MAX_WINDOW: usize = 1 << 40;
+
+/// A connection before and after its hello.
+pub(super) struct Conn {
+    core: Core,
+    cfg: Arc<TcpConfig>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    kill: CancellationToken,
+}
+
+/// What every stream of an authenticated connection shares.
+pub(super) struct Shared {
+    pub core: Core,
+    pub actor: Actor,
+    pub out: mpsc::Sender<Frame>,
+    /// Largest data payload the server sends.
+    pub chunk: usize,
+    pub counters: Arc<SessionCounters>,
+}
+
+struct Slot {
+    inbound: Option<mpsc::UnboundedSender<Frame>>,
+    credit: Arc<AtomicU64>,
+    window: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+type Writer = FramedWrite<OwnedWriteHalf, FrameCodec>;
+
+fn error_frame(stream: u32, e: &Error) -> Frame {
+    Frame::json(Kind::Error, stream, &ErrorBody::from(e))
+}
+
+impl Conn {
+    pub(super) fn new(
+        core: Core,
+        cfg: Arc<TcpConfig>,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+        kill: CancellationToken,
+    ) -> Self {
+        Conn {
+            core,
+            cfg,
+            peer,
+            shutdown,
+            kill,
+        }
+    }
+
+    pub(super) async fn run(self, sock: TcpStream) {
+        let (rd, wr) = sock.into_split();
+        let mut reader = FramedRead::new(rd, FrameCodec::new(self.cfg.max_frame));
+        let mut writer = FramedWrite::new(wr, FrameCodec::new(self.cfg.max_frame));
+        writer.set_backpressure_boundary(256 * 1024);
+        let hello = match self.hello(&mut reader).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, code = %e.code, msg = %e.message, "tcp connection refused");
+                let _ = writer.send(error_frame(0, &e)).await;
+                return;
+            }
+        };
+        let (actor, guard) = self.core.open_session("tcp", self.peer.to_string()).await;
+        let client_max = hello
+            .max_frame
+            .map_or(self.cfg.max_frame, |m| (m as usize).max(4096));
+        let client_window = hello.window.unwrap_or(self.cfg.window).max(4096);
+        let chunk = (client_max.min(self.cfg.max_frame) - HEADER_LEN)
+            .min(256 * 1024)
+            .min(client_window as usize);
+        let limits = self.core.exec.limits();
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            server: format!("ferry/{}", env!("CARGO_PKG_VERSION")),
+            session: actor.session_id.clone(),
+            limits: Limits {
+                max_frame: self.cfg.max_frame as u32,
+                window: self.cfg.window,
+                exec_timeout_ms: limits.timeout.as_millis() as u64,
+                max_output: limits.max_output,
+                max_concurrent_execs: limits.max_concurrent as u32,
+            },
+        };
+        if writer
+            .send(Frame::json(Kind::Welcome, 0, &welcome))
+            .await
+            .is_err()
+        {
+            self.core
+                .close_session(&actor, guard, "closed before welcome")
+                .await;
+            return;
+        }
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let counters = guard.counters.clone();
+        let write_task = tokio::spawn(write_loop(writer, out_rx, counters.clone()));
+        let shared = Arc::new(Shared {
+            core: self.core.clone(),
+            actor: actor.clone(),
+            out,
+            chunk,
+            counters,
+        });
+        let reason = self.demux(&mut reader, &shared, client_window).await;
+        drop(shared);
+        let _ = write_task.await;
+        self.core.close_session(&actor, guard, reason).await;
+    }
+
+    async fn hello(&self, reader: &mut Reader) -> Result<Hello, Error> {
+        let first = tokio::time::timeout(self.cfg.hello_timeout, reader.next())
+            .await
+            .map_err(|_| {
+                Error::new(
+                    Code::Timeout,
+                    format!("no hello within {} s", self.cfg.hello_timeout.as_secs()),
+                )
+            })?;
+        let frame = match first {
+            None => return Err(Error::bad_request("closed before hello")),
+            Some(Err(e)) => return Err(codec_error(&e)),
+            Some(Ok(f)) => f,
+        };
+        if frame.kind != Kind::Hello || frame.stream != 0 {
+            return Err(Error::bad_request(
+                "the first frame must be a hello on stream 0",
+            ));
+        }
+        let hello: Hello = frame
+            .parse()
+            .map_err(|e| Error::bad_request(format!("bad hello: {e}")))?;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(Error::bad_request(format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                hello.version
+            )));
+        }
+        if !self.core.auth.check(hello.token.as_deref()) {
+            return Err(Error::new(Code::Unauthorized, "missing or wrong token"));
+        }
+        Ok(hello)
+    }
+
+    /// Routes frames to streams until the peer leaves or breaks the protocol; returns why it ended.
+    async fn demux(
+        &self,
+        reader: &mut Reader,
+        shared: &Arc<Shared>,
+        client_window: u32,
+    ) -> &'static str {
+        let conn_cancel = CancellationToken::new();
+        let mut streams: HashMap<u32, Slot> = HashMap::new();
+        let mut tasks: JoinSet<u32> = JoinSet::new();
+        let mut draining = false;
+        let fail = |e: Error| {
+            let out = shared.out.clone();
+            async move {
+                let _ = out.send(error_frame(0, &e)).await;
+            }
+        };
+        let reason = loop {
+            if draining && streams.is_empty() {
+                break "server shutdown";
+            }
+            tokio::select! {
+                frame = reader.next() => {
+                    let frame = match frame {
+                        None => break "closed by peer",
+                        Some(Err(CodecError::Io(_))) => break "connection error",
+                        Some(Err(e)) => {
+                            fail(codec_error(&e)).await;
+                            break "protocol error";
+                        }
+                        Some(Ok(f)) => f,
+                    };
+                    shared.counters.bytes_in.fetch_add((4 + HEADER_LEN + frame.payload.len()) as u64, Ordering::Relaxed);
+                    let id = frame.stream;
+                    match frame.kind {
+                        Kind::Request => {
+                            if id == 0 || streams.contains_key(&id) {
+                                fail(Error::bad_request(format!("stream id {id} is 0 or already in use"))).await;
+                                break "protocol error";
+                            }
+                            if draining {
+                                let e = Error::new(Code::Busy, "the server is shutting down");
+                                let _ = shared.out.send(error_frame(id, &e)).await;
+                                continue;
+                            }
+                            let req: Request = match frame.parse() {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    let e = Error::bad_request(format!("bad request: {e}"));
+                                    let _ = shared.out.send(error_frame(id, &e)).await;
+                                    continue;
+                                }
+                            };
+                            let takes_data = matches!(&req, Request::Put { .. })
+                                || matches!(&req, Request::Exec(x) if x.stdin);
+                            let (in_tx, in_rx) = mpsc::unbounded_channel();
+                            let slot = Slot {
+                                inbound: takes_data.then_some(in_tx),
+                                credit: Arc::new(AtomicU64::new(self.cfg.window as u64)),
+                                window: Arc::new(Semaphore::new(client_window as usize)),
+                                cancel: conn_cancel.child_token(),
+                            };
+                            let ctx = StreamCtx {
+                                id,
+                                shared: shared.clone(),
+                                inbound: in_rx,
+                                credit: slot.credit.clone(),
+                                window: slot.window.clone(),
+                                cancel: slot.cancel.clone(),
+                            };
+                            streams.insert(id, slot);
+                            tasks.spawn(async move {
+                                ops::run(ctx, req).await;
+                                id
+                            });
+                        }
+                        Kind::Data | Kind::Eof => {
+                            let Some(slot) = streams.get(&id) else { continue };
+                            let Some(inbound) = &slot.inbound else {
+                                fail(Error::bad_request(format!("stream {id} takes no data"))).await;
+                                break "protocol error";
+                            };
+                            let n = frame.payload.len() as u64;
+                            if frame.kind == Kind::Data {
+                                let ok = slot.credit
+                                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(n))
+                                    .is_ok();
+                                if !ok {
+                                    fail(Error::bad_request(format!("stream {id} sent more than its window"))).await;
+                                    break "protocol error";
+                                }
+                            }
+                            let _ = inbound.send(frame);
+                        }
+                        Kind::Window => {
+                            let Ok(b) = <[u8; 4]>::try_from(&frame.payload[..]) else {
+                                fail(Error::bad_request("a window frame carries 4 bytes")).await;
+                                break "protocol error";
+                            };
+                            if let Some(slot) = streams.get(&id) {
+                                let n = u32::from_be_bytes(b) as usize;
+                                if slot.window.available_permits() + n > MAX_WINDOW {
+                                    fail(Error::bad_request("window grant too large")).await;
+                                    break "protocol error";
+                                }
+                                slot.window.add_permits(n);
+                            }
+                        }
+                        Kind::Cancel => {
+                            if let Some(slot) = streams.get(&id) {
+                                slot.cancel.cancel();
+                            }
+                        }
+                        other => {
+                            fail(Error::bad_request(format!("a client may not send {other:?} frames"))).await;
+                            break "protocol error";
+                        }
+                    }
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(id) = done {
+                        streams.remove(&id);
+                    }
+                }
+                _ = self.shutdown.cancelled(), if !draining => draining = true,
+                _ = self.kill.cancelled() => break "shutdown deadline",
+            }
+        };
+        // Whatever ended the connection, its streams end too: commands are killed, uploads dropped.
+        conn_cancel.cancel();
+        streams.clear();
+        while tasks.join_next().await.is_some() {}
+        reason
+    }
+}
+
+fn codec_error(e: &CodecError) -> Error {
+    match e {
+        CodecError::TooLarge(..) => Error::new(Code::TooLarge, e.to_string()),
+        _ => Error::bad_request(e.to_string()),
+    }
+}
+
+async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<SessionCounters>) {
+    let count = |f: &Frame| (4 + HEADER_LEN + f.payload.len()) as u64;
+    while let Some(f) = rx.recv().await {
+        counters.bytes_out.fetch_add(count(&f), Ordering::Relaxed);
+        if w.feed(f).await.is_err() {
+            return;
+        }
+        while let Ok(f) = rx.try_recv() {
+            counters.bytes_out.fetch_add(count(&f), Ordering::Relaxed);
+            if w.feed(f).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The operations of a TCP stream: each decodes its request, calls the core and encodes frames.
+
+use super::codec::{Frame, Kind};
+use super::conn::Shared;
+use super::messages::{ErrorBody, ListBatch, ListEnd, Request};
+use crate::core::error::{Code, Error};
+use crate::core::exec::{ExecOutput, ExecRequest};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Listing entries per `Header` frame.
+const LIST_BATCH: usize = 64;
+
+/// One stream's view of its connection.
+pub(super) struct StreamCtx {
+    pub id: u32,
+    pub shared: Arc<Shared>,
+    /// Data and EOF frames from the client (for `put` and `exec` with stdin).
+    pub inbound: mpsc::UnboundedReceiver<Frame>,
+    /// Bytes the client may still send before a grant.
+    pub credit: Arc<AtomicU64>,
+    /// Bytes the server may still send before the client grants more.
+    pub window: Arc<Semaphore>,
+    pub cancel: CancellationToken,
+}
+
+/// The stream ended before it could finish (cancel, or the client went away).
+struct Gone;
+
+fn cancelled() -> Error {
+    Error::new(Code::Cancelled, "cancelled by the client")
+}
+
+impl StreamCtx {
+    async fn send(&self, frame: Frame) -> Result<(), Gone> {
+        tokio::select! {
+            r = self.shared.out.send(frame) => r.map_err(|_| Gone),
+            _ = self.cancel.cancelled() => Err(Gone),
+        }
+    }
+
+    async fn json(&self, kind: Kind, v: &impl serde::Serialize) -> Result<(), Gone> {
+        self.send(Frame::json(kind, self.id, v)).await
+    }
+
+    /// Sends data in chunks that fit a frame, each after the client's window allows it.
+    async fn data(&self, kind: Kind, mut bytes: Bytes) -> Result<(), Gone> {
+        while !bytes.is_empty() {
+            let piece = bytes.split_to(bytes.len().min(self.shared.chunk));
+            let permit = tokio::select! {
+                p = self.window.acquire_many(piece.len() as u32) => p.map_err(|_| Gone)?,
+                _ = self.cancel.cancelled() => return Err(Gone),
+            };
+            permit.forget();
+            self.send(Frame::new(kind, self.id, piece)).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives the client back `n` bytes of window once its data has been consumed.
+    async fn grant(&self, n: usize) {
+        if n > 0 {
+            self.credit.fetch_add(n as u64, Ordering::AcqRel);
+            let _ = self.send(Frame::window(self.id, n as u32)).await;
+        }
+    }
+
+    async fn fail(&self, e: &Error) {
+        // An error must reach the client even after a cancel, so it bypasses `send`.
+        let _ = self
+            .shared
+            .out
+            .send(Frame::json(Kind::Error, self.id, &ErrorBody::from(e)))
+            .await;
+    }
+}
+
+/// Runs one request to its end.
+pub(super) async fn run(mut s: StreamCtx, req: Request) {
+    let registry = &s.shared.core.registry;
+    let sid = s.shared.actor.session_id.clone();
+    registry.set_current(&sid, Some(describe(&req)));
+    let result = match req {
+        Request::Exec(r) => exec(&mut s, r).await,
+        Request::Get { path, offset } => get(&s, &path, offset).await,
+        Request::Put { path, size, md5 } => put(&mut s, &path, size, md5).await,
+        Request::List { path } => list(&s, &path).await,
+        Request::Stat { path } => match s.shared.core.files.stat(&path).await {
+            Ok(entry) => s.json(Kind::End, &entry).await.map_err(|_| cancelled()),
+            Err(e) => Err(e),
+        },
+        Request::Ping {} => s
+            .json(Kind::End, &serde_json::json!({}))
+            .await
+            .map_err(|_| cancelled()),
+    };
+    if let Err(e) = result {
+        s.fail(&e).await;
+    }
+    s.shared.core.registry.set_current(&sid, None);
+}
+
+fn describe(req: &Request) -> String {
+    match req {
+        Request::Exec(r) => format!("exec {}", r.display()),
+        Request::Get { path, .. } => format!("get {path}"),
+        Request::Put { path, .. } => format!("put {path}"),
+        Request::List { path } => format!("list {path}"),
+        Request::Stat { path } => format!("stat {path}"),
+        Request::Ping {} => "ping".into(),
+    }
+}
+
+async fn exec(s: &mut StreamCtx, req: ExecRequest) -> Result<(), Error> {
+    let core = s.shared.core.clone();
+    let mut h = core.exec.start(&s.shared.actor, req).await?;
+    // Stdin flows on its own task so a command that does not read it never blocks its output.
+    let stdin_task = h.stdin.take().map(|tx| {
+        let mut inbound = std::mem::replace(&mut s.inbound, mpsc::unbounded_channel().1);
+        let (credit, out, id) = (s.credit.clone(), s.shared.out.clone(), s.id);
+        tokio::spawn(async move {
+            while let Some(f) = inbound.recv().await {
+                if f.kind == Kind::Eof {
+                    break;
+                }
+                let n = f.payload.len();
+                if tx.send(f.payload).await.is_err() {
+                    break;
+                }
+                credit.fetch_add(n as u64, Ordering::AcqRel);
+                let _ = out.send(Frame::window(id, n as u32)).await;
+            }
+        })
+    });
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            piece = h.output.recv() => match piece {
+                None => break,
+                Some(_) if !sending => {}
+                Some(ExecOutput::Stdout(b)) => sending = s.data(Kind::Stdout, b).await.is_ok(),
+                Some(ExecOutput::Stderr(b)) => sending = s.data(Kind::Stderr, b).await.is_ok(),
+            },
+            _ = s.cancel.cancelled(), if sending => sending = false,
+        }
+        if !sending {
+            h.cancel();
+        }
+    }
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    let outcome = h.outcome().await;
+    match &outcome.error {
+        Some(e) => Err(e.clone()),
+        None => s.json(Kind::End, &outcome).await.map_err(|_| cancelled()),
+    }
+}
+
+async fn get(s: &StreamCtx, path: &str, offset: u64) -> Result<(), Error> {
+    let core = &s.shared.core;
+    let mut g = core
+        .files
+        .get(&s.shared.actor, path, offset, s.shared.chunk)
+        .await?;
+    if s.json(Kind::Header, &g.header).await.is_err() {
+        g.abort(true).await;
+        return Err(cancelled());
+    }
+    loop {
+        match g.next_chunk().await {
+            Ok(Some(b)) => {
+                if s.data(Kind::Data, b).await.is_err() {
+                    g.abort(true).await;
+                    return Err(cancelled());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                g.abort(false).await;
+                return Err(e);
+            }
+        }
+    }
+    let end = g.finish().await;
+    s.json(Kind::End, &end).await.map_err(|_| cancelled())
+}
+
+async fn put(s: &mut StreamCtx, path: &str, size: u64, md5: Option<String>) -> Result<(), Error> {
+    let core = s.shared.core.clone();
+    let mut sink = core.files.put(&s.shared.actor, path, size, md5).await?;
+    while sink.remaining() > 0 {
+        let frame = tokio::select! {
+            f = s.inbound.recv() => f,
+            _ = s.cancel.cancelled() => {
+                sink.abort(true).await;
+                return Err(cancelled());
+            }
+        };
+        match frame {
+            Some(f) if f.kind == Kind::Data => {
+                let n = f.payload.len();
+                if let Err(e) = sink.write(f.payload).await {
+                    sink.abort(false).await;
+                    return Err(e);
+                }
+                s.grant(n).await;
+            }
+            // EOF before the announced size: `finish` reports the shortfall.
+            _ => break,
+        }
+    }
+    let done = sink.finish().await?;
+    s.json(Kind::End, &done).await.map_err(|_| cancelled())
+}
+
+async fn list(s: &StreamCtx, path: &str) -> Result<(), Error> {
+    let entries = s.shared.core.files.list(path).await?;
+    for batch in entries.chunks(LIST_BATCH) {
+        let batch = ListBatch {
+            entries: batch.to_vec(),
+        };
+        s.json(Kind::Header, &batch)
+            .await
+            .map_err(|_| cancelled())?;
+    }
+    let end = ListEnd {
+        count: entries.len() as u64,
+    };
+    s.json(Kind::End, &end).await.map_err(|_| cancelled())
+}
