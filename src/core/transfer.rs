@@ -422,6 +422,12 @@ impl PutSink {
 
     /// Abandons the upload (cancel, disconnect): the temp file is removed, nothing is renamed.
     pub async fn abort(mut self, cancelled: bool) {
+        // Closing the queue without the commit flag makes the worker remove its temp file;
+        // waiting for it means the upload is fully gone once this returns.
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.await;
+        }
         let state = if cancelled {
             TransferState::Cancelled
         } else {

@@ -1,0 +1,158 @@
+//! A real ferry server for tests: port 0, a temp root, a temp database.
+#![allow(dead_code)]
+
+use ferry::client::Client;
+use ferry::core::Core;
+use ferry::server::{Listeners, Running, ServerConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The token every test server accepts.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A running server with its own root and data dir.
+pub struct TestServer {
+    /// The TCP address, `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The shared core, for reading the registry and the audit.
+    pub core: Core,
+    /// The served root.
+    pub root: PathBuf,
+    /// The data dir.
+    pub data: PathBuf,
+    shutdown: CancellationToken,
+    running: Option<Running>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// The configuration a test server starts from.
+pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
+    let mut cfg = ferry::config::ServeArgs {
+        root,
+        data_dir: data,
+        tcp_addr: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+        max_connections: 1024,
+        max_frame: 1 << 20,
+        exec_timeout: 60,
+        max_output: 256 << 20,
+        max_concurrent_execs: 64,
+        hello_timeout: 10,
+        shutdown_grace: 5,
+    }
+    .to_config(TOKEN.to_string())
+    .unwrap();
+    cfg.shutdown_grace = Duration::from_secs(5);
+    cfg
+}
+
+impl TestServer {
+    /// Starts a server with default limits.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusts its configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let root = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut cfg = config(root.path().to_path_buf(), data.path().to_path_buf());
+        tweak(&mut cfg);
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let running = ferry::server::start(cfg, Listeners { tcp }, shutdown.clone())
+            .await
+            .unwrap();
+        TestServer {
+            addr: running.tcp_addr.to_string(),
+            core: running.core.clone(),
+            root: root.path().canonicalize().unwrap(),
+            data: data.path().to_path_buf(),
+            shutdown,
+            running: Some(running),
+            _dirs: (root, data),
+        }
+    }
+
+    /// A fresh authenticated client connection.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr, TOKEN).await.unwrap()
+    }
+
+    /// A path under the served root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Waits until every audit row written so far is committed.
+    pub async fn flush_audit(&self) {
+        self.core.audit.flush().await;
+    }
+
+    /// Counts rows of an audit table matching a SQL condition.
+    pub async fn count(&self, table: &str, cond: &str) -> i64 {
+        self.flush_audit().await;
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {cond}");
+        sqlx::query_scalar(&sql).fetch_one(self.core.audit.pool()).await.unwrap()
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.wait().await;
+        }
+    }
+
+    /// The shutdown signal (to test graceful shutdown).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Takes the running handle (to wait for shutdown by hand).
+    pub fn take_running(&mut self) -> Running {
+        self.running.take().unwrap()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for 100 MB in a debug build.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The MD5 of a file as the system's `md5sum` prints it.
+pub fn md5sum(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("md5sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "md5sum failed");
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+/// Whether a process is gone (or a zombie waiting for its reaper).
+pub fn process_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(true),
+    }
+}
+
+/// Waits until a process has terminated (a pidfd turns readable), at most 5 s; true if it did.
+pub async fn wait_dead(pid: i32) -> bool {
+    use rustix::process::{Pid, PidfdFlags, pidfd_open};
+    let Some(p) = Pid::from_raw(pid) else { return true };
+    let fd = match pidfd_open(p, PidfdFlags::NONBLOCK) {
+        Ok(fd) => fd,
+        Err(_) => return true, // no such process
+    };
+    let afd = tokio::io::unix::AsyncFd::new(fd).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), afd.readable()).await.is_ok() || process_dead(pid)
+}
