@@ -376,17 +376,21 @@ async fn pump(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         match pipe.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
+            Ok(_) if cap.truncated.load(Ordering::Relaxed) => continue,
             Ok(n) => {
                 let before = cap.used.fetch_add(n as u64, Ordering::Relaxed);
                 let room = cap.max.saturating_sub(before);
                 if (n as u64) > room {
                     buf.truncate(room as usize);
-                    cap.truncated.store(true, Ordering::Relaxed);
-                    cap.hit.notify_one();
+                    if !cap.truncated.swap(true, Ordering::Relaxed) {
+                        cap.hit.notify_one();
+                    }
                     if !buf.is_empty() {
                         let _ = tx.send(wrap(buf.freeze())).await;
                     }
-                    return;
+                    // Keep the pipe open (reading and discarding) until the group is killed, so the
+                    // command ends by our SIGKILL, not by a SIGPIPE race.
+                    continue;
                 }
                 if tx.send(wrap(buf.freeze())).await.is_err() {
                     return;

@@ -94,10 +94,11 @@ impl Core {
         use std::sync::atomic::Ordering;
         let bytes_in = guard.counters.bytes_in.load(Ordering::Relaxed);
         let bytes_out = guard.counters.bytes_out.load(Ordering::Relaxed);
-        drop(guard);
+        // Audit first, so whoever sees the session leave the registry finds its end recorded.
         self.audit
             .session_ended(&actor.session_id, bytes_in, bytes_out, reason)
             .await;
+        drop(guard);
         tracing::info!(session = %actor.session_id, transport = actor.transport, peer = %actor.peer,
             bytes_in, bytes_out, reason, "session end");
     }

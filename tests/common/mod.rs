@@ -94,7 +94,10 @@ impl TestServer {
     pub async fn count(&self, table: &str, cond: &str) -> i64 {
         self.flush_audit().await;
         let sql = format!("SELECT COUNT(*) FROM {table} WHERE {cond}");
-        sqlx::query_scalar(&sql).fetch_one(self.core.audit.pool()).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(self.core.audit.pool())
+            .await
+            .unwrap()
     }
 
     /// Signals shutdown and waits for the server to finish.
@@ -132,27 +135,49 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// The MD5 of a file as the system's `md5sum` prints it.
 pub fn md5sum(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("md5sum").arg(path).output().unwrap();
+    let out = std::process::Command::new("md5sum")
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "md5sum failed");
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Whether a process is gone (or a zombie waiting for its reaper).
 pub fn process_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(true),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(true),
     }
 }
 
-/// Waits until a process has terminated (a pidfd turns readable), at most 5 s; true if it did.
+/// Waits until a process has terminated (its pidfd polls readable), at most 5 s; true if it did.
 pub async fn wait_dead(pid: i32) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
     use rustix::process::{Pid, PidfdFlags, pidfd_open};
-    let Some(p) = Pid::from_raw(pid) else { return true };
-    let fd = match pidfd_open(p, PidfdFlags::NONBLOCK) {
-        Ok(fd) => fd,
-        Err(_) => return true, // no such process
+    let Some(p) = Pid::from_raw(pid) else {
+        return true;
     };
-    let afd = tokio::io::unix::AsyncFd::new(fd).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), afd.readable()).await.is_ok() || process_dead(pid)
+    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
+        return true; // no such process
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let limit = Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&limit)), Ok(n) if n > 0) || process_dead(pid)
+    })
+    .await
+    .unwrap()
 }
