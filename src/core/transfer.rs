@@ -240,10 +240,16 @@ impl Files {
             {
                 return Err(Error::bad_request(format!("{rel2}: is a directory")));
             }
-            if !parent.is_root() {
-                this.dir
+            // Resolve the parent first: a parent that is a symlink out of the root must be
+            // refused as an escape, not reported as "already exists" by create_dir_all.
+            match this.dir.metadata(parent.as_path()) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(Error::bad_request(format!("{parent}: not a directory"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => this
+                    .dir
                     .create_dir_all(parent.as_path())
-                    .map_err(|e| Error::io(e, parent.as_str()))?;
+                    .map_err(|e| Error::io(e, parent.as_str()))?,
+                Err(e) => return Err(Error::io(e, parent.as_str())),
             }
             let mut opts = cap_std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
@@ -396,19 +402,15 @@ impl PutSink {
     pub async fn finish(mut self) -> Result<PutDone> {
         if self.remaining() > 0 {
             let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
+            let _ = self.stop_worker().await;
             self.ctx
                 .record("put", TransferState::Failed, None, self.expected.clone())
                 .await;
             return Err(err);
         }
-        // Closing the queue with the commit flag set tells the worker that all data is in;
-        // closing it without (a drop on cancel or disconnect) makes it remove the temp file.
+        // Closing the queue with the commit flag set tells the worker that all data is in.
         self.commit.store(true, Ordering::SeqCst);
-        self.tx = None;
-        let result = match self.worker.take() {
-            Some(w) => w.await.map_err(Error::internal).and_then(|r| r),
-            None => Err(Error::internal("put worker gone")),
-        };
+        let result = self.stop_worker().await;
         let (state, md5) = match &result {
             Ok(done) => (TransferState::Verified, Some(done.md5.clone())),
             Err(e) if e.code == Code::ChecksumMismatch => (TransferState::Mismatch, None),
@@ -422,12 +424,7 @@ impl PutSink {
 
     /// Abandons the upload (cancel, disconnect): the temp file is removed, nothing is renamed.
     pub async fn abort(mut self, cancelled: bool) {
-        // Closing the queue without the commit flag makes the worker remove its temp file;
-        // waiting for it means the upload is fully gone once this returns.
-        self.tx = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.await;
-        }
+        let _ = self.stop_worker().await;
         let state = if cancelled {
             TransferState::Cancelled
         } else {
@@ -436,6 +433,17 @@ impl PutSink {
         self.ctx
             .record("put", state, None, self.expected.clone())
             .await;
+    }
+
+    /// Closes the queue and waits for the worker: it renames the file into place if the commit
+    /// flag is set and everything checks out, else it removes its temp file. Either way the
+    /// upload is settled on disk once this returns.
+    async fn stop_worker(&mut self) -> Result<PutDone> {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => w.await.map_err(Error::internal).and_then(|r| r),
+            None => Err(Error::internal("put worker gone")),
+        }
     }
 }
 

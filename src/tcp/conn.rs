@@ -42,6 +42,8 @@ pub(super) struct Shared {
     /// Largest data payload the server sends.
     pub chunk: usize,
     pub counters: Arc<SessionCounters>,
+    /// Cancelled when the connection ends; streams then stop as failed, not as cancelled.
+    pub closed: CancellationToken,
 }
 
 struct Slot {
@@ -128,6 +130,7 @@ impl Conn {
             out,
             chunk,
             counters,
+            closed: CancellationToken::new(),
         });
         let reason = self.demux(&mut reader, &shared, client_window).await;
         drop(shared);
@@ -176,7 +179,7 @@ impl Conn {
         shared: &Arc<Shared>,
         client_window: u32,
     ) -> &'static str {
-        let conn_cancel = CancellationToken::new();
+        let conn_cancel = shared.closed.clone();
         let mut streams: HashMap<u32, Slot> = HashMap::new();
         let mut tasks: JoinSet<u32> = JoinSet::new();
         let mut draining = false;

@@ -68,6 +68,11 @@ impl StreamCtx {
         }
     }
 
+    /// Whether an ending stream was cancelled by its client (rather than losing its connection).
+    fn by_client(&self) -> bool {
+        !self.shared.closed.is_cancelled()
+    }
+
     async fn fail(&self, e: &Error) {
         // An error must reach the client even after a cancel, so it bypasses `send`.
         let _ = self
@@ -167,14 +172,14 @@ async fn get(s: &StreamCtx, path: &str, offset: u64) -> Result<(), Error> {
         .get(&s.shared.actor, path, offset, s.shared.chunk)
         .await?;
     if s.json(Kind::Header, &g.header).await.is_err() {
-        g.abort(true).await;
+        g.abort(s.by_client()).await;
         return Err(cancelled());
     }
     loop {
         match g.next_chunk().await {
             Ok(Some(b)) => {
                 if s.data(Kind::Data, b).await.is_err() {
-                    g.abort(true).await;
+                    g.abort(s.by_client()).await;
                     return Err(cancelled());
                 }
             }
@@ -196,7 +201,7 @@ async fn put(s: &mut StreamCtx, path: &str, size: u64, md5: Option<String>) -> R
         let frame = tokio::select! {
             f = s.inbound.recv() => f,
             _ = s.cancel.cancelled() => {
-                sink.abort(true).await;
+                sink.abort(s.by_client()).await;
                 return Err(cancelled());
             }
         };
