@@ -96,10 +96,7 @@ impl Client {
     {
         req.stdin = stdin.is_some();
         let mut s = self.open(&Request::Exec(req)).await?;
-        let feeder = match stdin {
-            Some(r) => Some(feed_stdin((*s).clone(), r)),
-            None => None,
-        };
+        let feeder = stdin.map(|r| feed_stdin((*s).clone(), r));
         let mut feeder = std::pin::pin!(async move {
             match feeder {
                 Some(f) => f.await,

@@ -246,7 +246,7 @@ impl Registry {
     /// Active transfers, then recent finished ones (newest first).
     pub fn transfers(&self) -> Vec<TransferInfo> {
         let inner = self.inner.lock().unwrap();
-        let mut v: Vec<_> = inner.transfers.values().map(|t| snapshot(t)).collect();
+        let mut v: Vec<_> = inner.transfers.values().map(snapshot).collect();
         v.sort_by_key(|t| t.started_at);
         v.extend(inner.recent.iter().rev().cloned());
         v
