@@ -9,6 +9,7 @@
 //!    core: Exec · Files (+ MD5) · Registry (sessions, transfers, checks) · Audit (SQLite) · Auth
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod client;

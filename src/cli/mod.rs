@@ -47,6 +47,7 @@ pub struct Conn {
 /// Flags of `ferry exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
+    /// Server address and token.
     #[command(flatten)]
     pub conn: Conn,
     /// Run the arguments directly as argv, not as one `sh -c` line.
@@ -72,6 +73,7 @@ pub struct ExecArgs {
 /// Flags of `ferry get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
+    /// Server address and token.
     #[command(flatten)]
     pub conn: Conn,
     /// Path on the server, relative to the served root.
@@ -87,6 +89,7 @@ pub struct GetArgs {
 /// Flags of `ferry put`.
 #[derive(Debug, Args)]
 pub struct PutArgs {
+    /// Server address and token.
     #[command(flatten)]
     pub conn: Conn,
     /// Local file.
@@ -98,6 +101,7 @@ pub struct PutArgs {
 /// Flags of `ferry ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// Server address and token.
     #[command(flatten)]
     pub conn: Conn,
     /// Directory on the server (default: the root).
