@@ -24,6 +24,15 @@ use tokio_util::sync::CancellationToken;
 const OUT_QUEUE: usize = 32;
 /// Largest window grant the server accepts in total on one stream (keeps the counter sane).
 const MAX_WINDOW: usize = 1 << 40;
+/// An idle connection keeps buffers no larger than this; bigger ones (left by a transfer) are freed.
+const IDLE_BUFFER: usize = 16 * 1024;
+
+/// Frees a buffer that grew during a transfer once it is empty again.
+fn shrink(buf: &mut bytes::BytesMut) {
+    if buf.is_empty() && buf.capacity() > IDLE_BUFFER {
+        *buf = bytes::BytesMut::new();
+    }
+}
 
 /// A connection before and after its hello.
 pub(super) struct Conn {
@@ -295,6 +304,9 @@ impl Conn {
                     if let Ok(id) = done {
                         streams.remove(&id);
                     }
+                    if streams.is_empty() {
+                        shrink(reader.read_buffer_mut());
+                    }
                 }
                 _ = self.shutdown.cancelled(), if !draining => draining = true,
                 _ = self.kill.cancelled() => break "shutdown deadline",
@@ -330,6 +342,9 @@ async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<
         }
         if w.flush().await.is_err() {
             return;
+        }
+        if rx.is_empty() {
+            shrink(w.write_buffer_mut());
         }
     }
 }
