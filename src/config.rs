@@ -27,7 +27,7 @@ pub struct ServeArgs {
     /// Most TCP connections at once.
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Largest frame accepted, in bytes (K, M suffixes allowed; at least 64K).
+    /// Largest frame accepted, in bytes (K, M suffixes; 64K to 8M).
     #[arg(long, env = "FERRY_MAX_FRAME", default_value = "1M", value_parser = parse_size)]
     pub max_frame: u64,
     /// Longest run time of a command, in seconds (a request may ask for less).
@@ -71,8 +71,8 @@ impl ServeArgs {
     /// The server configuration for these flags and a resolved token.
     pub fn to_config(&self, token: String) -> anyhow::Result<ServerConfig> {
         anyhow::ensure!(
-            (64 * 1024..=16 * 1024 * 1024).contains(&self.max_frame),
-            "--max-frame must be between 64K and 16M"
+            (64 * 1024..=8 * 1024 * 1024).contains(&self.max_frame),
+            "--max-frame must be between 64K and 8M"
         );
         anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
         Ok(ServerConfig {

@@ -12,6 +12,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => rt.block_on(serve(args)).map(|_| 0),
         cmd => rt.block_on(ferry::cli::run_client(cmd)),
     };
+    // The work is done: do not wait for a blocking read of stdin that may never end.
+    rt.shutdown_background();
     match code {
         Ok(c) => std::process::ExitCode::from(c.clamp(0, 255) as u8),
         Err(e) => {

@@ -273,6 +273,11 @@ async fn exec_stops_when_local_stdout_is_closed() {
         !stderr.contains("cut at the server's limit"),
         "ferry pulled the whole capped output into a closed pipe: {stderr}"
     );
+    // The command's row is complete once its session has left the registry.
+    let mut events = s.core.registry.subscribe();
+    while !s.core.registry.sessions().is_empty() {
+        let _ = events.recv().await;
+    }
     assert_eq!(
         s.count("commands", "command = 'yes' AND truncated = 0")
             .await,

@@ -140,6 +140,7 @@ async fn stdin_streams_to_the_command() {
                 if k == Kind::Stdout {
                     out.extend_from_slice(&b)
                 }
+                std::ops::ControlFlow::Continue(())
             },
         )
         .await
@@ -230,7 +231,8 @@ async fn concurrent_streams_on_one_connection() {
         tokio::spawn(async move {
             let mut out = Vec::new();
             c.exec(sh("read line; echo got $line"), Some(stdin), |_, b| {
-                out.extend_from_slice(&b)
+                out.extend_from_slice(&b);
+                std::ops::ControlFlow::Continue(())
             })
             .await
             .unwrap();

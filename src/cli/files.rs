@@ -66,31 +66,38 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     // Data lands in `NAME.part` and is renamed once its MD5 matches, so a failed or
-    // interrupted download never looks complete. `--continue` resumes from the `.part` file.
+    // interrupted download never looks complete. `--continue` resumes from `NAME.part`, or from
+    // NAME itself; nothing local is touched until the server has accepted the request.
     let part = part_path(&local);
-    let (file, offset, prefix) = if a.resume {
-        let from = if part.exists() {
-            part.clone()
-        } else {
-            local.clone()
-        };
-        match std::fs::File::open(&from) {
-            Ok(f) => {
-                let (md5, len) = hash_prefix(f)?;
-                if from != part {
-                    std::fs::rename(&from, &part)?;
-                }
-                let file = std::fs::OpenOptions::new().append(true).open(&part)?;
-                (file, len, md5)
-            }
-            Err(_) => (std::fs::File::create(&part)?, 0, Md5Stream::new()),
+    let resume_from = match a.resume {
+        true if part.exists() => Some(part.clone()),
+        true if local.exists() => Some(local.clone()),
+        _ => None,
+    };
+    let (offset, prefix) = match &resume_from {
+        Some(from) => {
+            let (md5, len) = hash_prefix(std::fs::File::open(from)?)?;
+            (len, md5)
         }
-    } else {
-        (std::fs::File::create(&part)?, 0, Md5Stream::new())
+        None => (0, Md5Stream::new()),
+    };
+    let from_local = resume_from.as_ref() == Some(&local);
+    let open = {
+        let (part, local) = (part.clone(), local.clone());
+        move |_: &crate::tcp::messages::GetHeader| -> std::io::Result<std::fs::File> {
+            if from_local {
+                std::fs::rename(&local, &part)?;
+            }
+            if offset > 0 {
+                std::fs::OpenOptions::new().append(true).open(&part)
+            } else {
+                std::fs::File::create(&part)
+            }
+        }
     };
     let pb = bar(&name);
     let result = client
-        .get(&a.remote, offset, prefix, file, track(&pb))
+        .get_with(&a.remote, offset, prefix, open, track(&pb))
         .await;
     pb.finish_and_clear();
     match result {
@@ -111,10 +118,22 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         Err(e) => {
-            let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-            if e.code() == Some(crate::core::error::Code::ChecksumMismatch) || kept == 0 {
+            let mismatch = e.code() == Some(crate::core::error::Code::ChecksumMismatch);
+            let len = std::fs::metadata(&part).map(|m| m.len()).ok();
+            if mismatch && from_local {
+                // The user's own file was not a prefix of the remote one: give it back as it was.
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&part) {
+                    let _ = f.set_len(offset);
+                }
+                let _ = std::fs::rename(&part, &local);
+                eprintln!(
+                    "ferry: {} is not the start of {}; left as it was",
+                    local.display(),
+                    a.remote
+                );
+            } else if mismatch || len == Some(0) {
                 let _ = std::fs::remove_file(&part);
-            } else {
+            } else if len.is_some_and(|l| l > offset) {
                 eprintln!(
                     "ferry: partial data kept in {}; rerun with --continue to resume",
                     part.display()

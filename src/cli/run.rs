@@ -7,6 +7,7 @@ use crate::core::exec::ExecRequest;
 use crate::tcp::codec::Kind;
 use crate::tcp::messages::ExecEnd;
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use tokio::io::AsyncBufReadExt;
 
 /// The exit code of `ferry exec` when ferry itself fails (as ssh does).
@@ -49,18 +50,29 @@ pub fn exit_code(end: &ExecEnd) -> i32 {
     }
 }
 
-fn print_output(kind: Kind, bytes: &[u8]) {
-    // Written unbuffered and at once, so output streams as the command produces it.
-    let _ = if kind == Kind::Stdout {
+/// The exit code when local output was closed (as a process killed by SIGPIPE).
+pub const EXIT_BROKEN_PIPE: i32 = 128 + 13;
+
+/// Writes output at once, so it streams as the command produces it; once the local reader is
+/// gone (`ferry exec -- yes | head -1`), answers `Break` so the command is stopped.
+fn print_output(kind: Kind, bytes: &[u8]) -> ControlFlow<()> {
+    let r = if kind == Kind::Stdout {
         let mut o = std::io::stdout().lock();
         o.write_all(bytes).and_then(|_| o.flush())
     } else {
         let mut e = std::io::stderr().lock();
         e.write_all(bytes).and_then(|_| e.flush())
     };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    }
 }
 
 fn report(err: &ClientError) -> i32 {
+    if matches!(err, ClientError::Stopped) {
+        return EXIT_BROKEN_PIPE;
+    }
     eprintln!("ferry: {err}");
     match err.code() {
         Some(Code::Timeout) => EXIT_TIMEOUT,

@@ -46,6 +46,9 @@ pub enum ClientError {
     /// A local file could not be read or written.
     #[error("{0}")]
     Local(String),
+    /// The caller stopped the operation (for instance, its output was closed).
+    #[error("stopped")]
+    Stopped,
 }
 
 impl ClientError {

@@ -8,6 +8,7 @@ use crate::tcp::codec::{Frame, Kind};
 use crate::tcp::messages::{ExecEnd, GetEnd, GetHeader, ListBatch, PutEnd, Request};
 use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -83,13 +84,14 @@ impl Client {
         }
     }
 
-    /// Runs a command; `on_output` sees each piece of stdout (`Kind::Stdout`) and stderr as it arrives.
+    /// Runs a command; `on_output` sees each piece of stdout (`Kind::Stdout`) and stderr as it arrives,
+    /// and may answer `Break` to cancel the command (the result is then [`ClientError::Stopped`]).
     /// With `stdin`, its bytes are streamed to the command, then EOF.
     pub async fn exec<R>(
         &self,
         mut req: ExecRequest,
         stdin: Option<R>,
-        mut on_output: impl FnMut(Kind, Bytes),
+        mut on_output: impl FnMut(Kind, Bytes) -> ControlFlow<()>,
     ) -> Result<ExecEnd>
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -110,7 +112,12 @@ impl Client {
                 r = &mut feeder, if feeding => { feeding = false; r?; continue; }
             };
             match f.kind {
-                Kind::Stdout | Kind::Stderr => on_output(f.kind, f.payload),
+                Kind::Stdout | Kind::Stderr => {
+                    if on_output(f.kind, f.payload).is_break() {
+                        let _ = s.cancel().await;
+                        return Err(ClientError::Stopped);
+                    }
+                }
                 Kind::End => return parse(&f),
                 _ => return Err(unexpected(&f)),
             }
@@ -127,6 +134,7 @@ impl Client {
                 } else {
                     err.extend_from_slice(&b)
                 }
+                ControlFlow::Continue(())
             })
             .await?;
         Ok((out, err, end))
@@ -140,6 +148,20 @@ impl Client {
         offset: u64,
         prefix: Md5Stream,
         sink: W,
+        progress: impl FnMut(Progress),
+    ) -> Result<(W, GetOutcome)> {
+        self.get_with(path, offset, prefix, |_| Ok(sink), progress)
+            .await
+    }
+
+    /// Like [`Client::get`], but the sink is opened only once the server has accepted the
+    /// request and sent its header, so a refused download touches nothing locally.
+    pub async fn get_with<W: Write + Send + 'static>(
+        &self,
+        path: &str,
+        offset: u64,
+        prefix: Md5Stream,
+        open: impl FnOnce(&GetHeader) -> std::io::Result<W>,
         mut progress: impl FnMut(Progress),
     ) -> Result<(W, GetOutcome)> {
         let mut s = self
@@ -153,6 +175,13 @@ impl Client {
             return Err(unexpected(&f));
         }
         let header: GetHeader = parse(&f)?;
+        let sink = match open(&header) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = s.cancel().await;
+                return Err(ClientError::Local(format!("opening the local file: {e}")));
+            }
+        };
         progress(Progress::Start {
             size: header.size,
             offset: header.offset,

@@ -11,7 +11,7 @@ pub enum Code {
     NotFound,
     /// The path leaves the served root or is not acceptable.
     ForbiddenPath,
-    /// The received bytes do not match the announced size or MD5.
+    /// The received bytes do not match the announced MD5.
     ChecksumMismatch,
     /// A frame, body or output is over its limit.
     TooLarge,

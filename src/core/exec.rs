@@ -25,6 +25,7 @@ const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// A command to run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// A shell line, run by `sh -c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +239,8 @@ impl Executor {
         let (out_tx, out_rx) = mpsc::channel(8);
         let cancel = self.shutdown.child_token();
         let stdin_tx = child.stdin.take().map(|mut pipe| {
-            let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+            // One chunk in flight: the transport grants window back only as the command reads.
+            let (tx, mut rx) = mpsc::channel::<Bytes>(1);
             tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     if pipe.write_all(&b).await.is_err() {

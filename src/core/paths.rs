@@ -3,6 +3,9 @@
 use crate::core::error::{Error, Result};
 use std::path::PathBuf;
 
+/// Longest path accepted, as Linux's PATH_MAX.
+pub const MAX_PATH: usize = 4096;
+
 /// A client path checked for shape: relative, no `..`, no NUL.
 ///
 /// Symlink escapes are stopped later by the capability-based root (`cap-std`,
@@ -18,6 +21,11 @@ impl RelPath {
     pub fn parse(raw: &str) -> Result<RelPath> {
         if raw.contains('\0') {
             return Err(Error::forbidden("path contains a NUL byte"));
+        }
+        if raw.len() > MAX_PATH {
+            return Err(Error::bad_request(format!(
+                "a path is longer than {MAX_PATH} bytes"
+            )));
         }
         if raw.starts_with('/') {
             return Err(Error::forbidden(format!(

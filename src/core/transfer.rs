@@ -475,6 +475,15 @@ fn write_loop(
             let _ = files.dir.remove_file(tmp.as_path());
             Error::io(e, rel.as_str())
         })?;
+    // Make the rename itself durable: fsync the directory that now holds the name.
+    let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
+    let dir = match &parent {
+        Some(p) => files.dir.open_dir(p.as_path()),
+        None => files.dir.try_clone(),
+    };
+    if let Ok(d) = dir {
+        let _ = d.into_std_file().sync_all();
+    }
     files.digests.store(rel.as_str(), key, &md5);
     Ok(PutDone { md5, size, created })
 }

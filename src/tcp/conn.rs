@@ -153,7 +153,7 @@ impl Conn {
             .map_err(|_| {
                 Error::new(
                     Code::Timeout,
-                    format!("no hello within {} s", self.cfg.hello_timeout.as_secs()),
+                    format!("no hello within {:?}", self.cfg.hello_timeout),
                 )
             })?;
         let frame = match first {
@@ -328,14 +328,19 @@ fn codec_error(e: &CodecError) -> Error {
 }
 
 async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<SessionCounters>) {
-    let count = |f: &Frame| (4 + HEADER_LEN + f.payload.len()) as u64;
-    while let Some(f) = rx.recv().await {
-        counters.bytes_out.fetch_add(count(&f), Ordering::Relaxed);
-        if w.feed(f).await.is_err() {
-            return;
-        }
-        while let Ok(f) = rx.try_recv() {
-            counters.bytes_out.fetch_add(count(&f), Ordering::Relaxed);
+    // A connection-level error is the last frame sent. The socket stays open (later frames are
+    // discarded) until every stream has settled, so a peer that sees the close knows that
+    // nothing of its session is still running or half-written.
+    let mut closing = false;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(f) = next.take().or_else(|| rx.try_recv().ok()) {
+            if closing {
+                continue;
+            }
+            closing = f.stream == 0 && f.kind == Kind::Error;
+            let n = (4 + HEADER_LEN + f.payload.len()) as u64;
+            counters.bytes_out.fetch_add(n, Ordering::Relaxed);
             if w.feed(f).await.is_err() {
                 return;
             }

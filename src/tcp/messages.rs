@@ -120,11 +120,23 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// Longest error message sent; longer ones (echoing a huge path) are cut so the frame always fits.
+const MAX_MESSAGE: usize = 1024;
+
 impl From<&Error> for ErrorBody {
     fn from(e: &Error) -> Self {
+        let mut message = e.message.clone();
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         ErrorBody {
             code: e.code.as_str().to_string(),
-            message: e.message.clone(),
+            message,
         }
     }
 }

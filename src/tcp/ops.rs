@@ -102,7 +102,10 @@ pub(super) async fn run(mut s: StreamCtx, req: Request) {
             .await
             .map_err(|_| cancelled()),
     };
-    if let Err(e) = result {
+    // Once the connection itself is closing, its last word was already sent on stream 0.
+    if let Err(e) = result
+        && s.by_client()
+    {
         s.fail(&e).await;
     }
     s.shared.core.registry.set_current(&sid, None);
