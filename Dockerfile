@@ -8,10 +8,11 @@ COPY web ./web
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates tini && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferry /usr/local/bin/ferry
 ENV FERRY_ROOT=/data/root FERRY_DATA_DIR=/data/state FERRY_TCP_ADDR=0.0.0.0:8888
 VOLUME /data
 EXPOSE 8888
-ENTRYPOINT ["ferry"]
+# tini as PID 1 reaps the orphans of killed command groups.
+ENTRYPOINT ["tini", "--", "ferry"]
 CMD ["serve"]

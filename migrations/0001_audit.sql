@@ -47,11 +47,12 @@ CREATE TABLE transfers (
 );
 CREATE INDEX transfers_started ON transfers (started_at);
 
--- Durable copy of the digest cache: a digest is valid while size, mtime and inode match.
+-- Durable copy of the digest cache: a digest is valid while size, mtime, inode and ctime match.
 CREATE TABLE digests (
     path     TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     ino      INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
     md5      TEXT NOT NULL
 );

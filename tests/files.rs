@@ -319,6 +319,15 @@ async fn a_file_placed_by_other_means_is_hashed_once_then_served_from_the_digest
     let s = TestServer::start().await;
     let data = random_bytes(1 << 20, 11);
     std::fs::write(s.path("placed.bin"), &data).unwrap();
+    // A file modified within the last 2 s is hashed but not remembered (a write in the same
+    // timestamp tick would not show); this one was placed an hour ago.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(s.path("placed.bin"))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
     let c = s.client().await;
     assert_eq!(
         c.list("").await.unwrap()[0].md5,
@@ -340,6 +349,21 @@ async fn a_file_placed_by_other_means_is_hashed_once_then_served_from_the_digest
         .await,
         1
     );
+    // Rewriting it in place with the same size and its old mtime restored (as `cp -p` or
+    // `rsync -t --inplace` do) still invalidates the digest: the ctime moved.
+    let other = random_bytes(1 << 20, 12);
+    std::fs::write(s.path("placed.bin"), &other).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(s.path("placed.bin"))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let (bytes, got) = c
+        .get("placed.bin", 0, Md5Stream::new(), Vec::new(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((bytes.len(), got.header.md5), (other.len(), md5_of(&other)));
     // Changing the file invalidates the digest.
     std::fs::write(s.path("placed.bin"), b"changed").unwrap();
     let (bytes, got) = c

@@ -294,6 +294,7 @@ async fn read_loop(
         if f.stream == 0 {
             // A connection-level error: every open stream hears it.
             for s in map.values() {
+                s.window.close();
                 let _ = s.tx.send(Frame::new(f.kind, 0, f.payload.clone()));
             }
             continue;
@@ -307,8 +308,15 @@ async fn read_loop(
             }
             continue;
         }
+        // Once a stream is over, a sender waiting for window must not wait forever.
+        if matches!(f.kind, Kind::End | Kind::Error) {
+            s.window.close();
+        }
         let _ = s.tx.send(f);
     }
-    // The connection is gone: dropping the senders ends every stream.
-    streams.lock().unwrap().clear();
+    // The connection is gone: dropping the senders ends every stream, closing the windows
+    // wakes every sender.
+    for s in streams.lock().unwrap().drain() {
+        s.1.window.close();
+    }
 }

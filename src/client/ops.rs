@@ -279,7 +279,11 @@ impl Client {
                 piece = rx.recv(), if sent < size => match piece {
                     Some(Ok(b)) => {
                         let n = b.len() as u64;
-                        s.send_data(b).await?;
+                        if s.send_data(b).await.is_err() {
+                            // The stream ended under us: its last frame says why.
+                            let f = s.recv().await?;
+                            return Err(unexpected(&f));
+                        }
                         sent += n;
                         progress(Progress::Advance(n));
                     }

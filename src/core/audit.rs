@@ -82,6 +82,8 @@ pub struct DigestRow {
     pub mtime_ns: i64,
     /// Inode number.
     pub ino: u64,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i64,
     /// MD5 hex.
     pub md5: String,
 }
@@ -217,7 +219,7 @@ impl Audit {
 
     /// Loads every stored digest (at start, to fill the in-memory cache).
     pub async fn load_digests(&self) -> anyhow::Result<Vec<DigestRow>> {
-        let rows = sqlx::query("SELECT path, size, mtime_ns, ino, md5 FROM digests")
+        let rows = sqlx::query("SELECT path, size, mtime_ns, ino, ctime_ns, md5 FROM digests")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
@@ -227,6 +229,7 @@ impl Audit {
                 size: r.get::<i64, _>("size") as u64,
                 mtime_ns: r.get("mtime_ns"),
                 ino: r.get::<i64, _>("ino") as u64,
+                ctime_ns: r.get("ctime_ns"),
                 md5: r.get("md5"),
             })
             .collect())
@@ -363,14 +366,15 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
             }
             Event::Digest(d) => {
                 sqlx::query(
-                    "INSERT INTO digests (path, size, mtime_ns, ino, md5) VALUES (?, ?, ?, ?, ?)
+                    "INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) VALUES (?, ?, ?, ?, ?, ?)
                      ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                     ino = excluded.ino, md5 = excluded.md5",
+                     ino = excluded.ino, ctime_ns = excluded.ctime_ns, md5 = excluded.md5",
                 )
                 .bind(&d.path)
                 .bind(d.size as i64)
                 .bind(d.mtime_ns)
                 .bind(d.ino as i64)
+                .bind(d.ctime_ns)
                 .bind(&d.md5)
                 .execute(&mut *tx)
                 .await?;

@@ -13,6 +13,8 @@ pub struct FileKey {
     pub mtime_ns: i64,
     /// Inode number.
     pub ino: u64,
+    /// Status change time, ns since the epoch: catches rewrites that restore size and mtime.
+    pub ctime_ns: i64,
 }
 
 impl FileKey {
@@ -23,6 +25,7 @@ impl FileKey {
             size: meta.len(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             ino: meta.ino(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         }
     }
 
@@ -33,6 +36,7 @@ impl FileKey {
             size: meta.len(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             ino: meta.ino(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         }
     }
 }
@@ -55,6 +59,7 @@ impl DigestCache {
                     size: r.size,
                     mtime_ns: r.mtime_ns,
                     ino: r.ino,
+                    ctime_ns: r.ctime_ns,
                 };
                 (r.path, (key, r.md5))
             })
@@ -84,6 +89,7 @@ impl DigestCache {
             size: key.size,
             mtime_ns: key.mtime_ns,
             ino: key.ino,
+            ctime_ns: key.ctime_ns,
             md5: md5.to_string(),
         };
         let audit = self.audit.clone();

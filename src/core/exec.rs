@@ -20,6 +20,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// Variables passed from the server's environment to every command; all others are cleared.
 pub const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TERM"];
 
+/// How long output may still drain after the command's group is gone.
+const DRAIN: Duration = Duration::from_millis(200);
+
 /// How long a command waits for a free slot before `busy`.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
@@ -295,10 +298,15 @@ impl Executor {
                 Some(s) => Some(s),
                 None => child.wait().await.ok(),
             };
-            for r in readers.into_iter().flatten() {
+            // The group is dead, so its pipes close at once. A process that left the group
+            // (setsid) may still hold them: give the readers a short drain, then stop them, so
+            // the output channel closes and the command always ends.
+            let drain = tokio::time::sleep(DRAIN);
+            tokio::pin!(drain);
+            for mut r in readers.into_iter().flatten() {
                 tokio::select! {
-                    _ = r => {}
-                    _ = &mut deadline => break,
+                    _ = &mut r => {}
+                    _ = &mut drain => r.abort(),
                 }
             }
             use std::os::unix::process::ExitStatusExt;

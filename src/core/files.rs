@@ -178,9 +178,11 @@ impl Files {
         }
         let (md5, _) =
             crate::core::checksum::hash_reader(file).map_err(|e| Error::io(e, rel.as_str()))?;
-        // Only trust the digest if the file did not change while it was hashed.
+        // Only trust the digest if the file did not change while it was hashed, and was not
+        // changed just now: a write in the same timestamp tick would not show in the key.
         let after = FileKey::of(&file.metadata().map_err(|e| Error::io(e, rel.as_str()))?);
-        if after == key {
+        let now_ns = crate::core::audit::now_ms() as i64 * 1_000_000;
+        if after == key && now_ns - key.mtime_ns > 2_000_000_000 {
             self.digests.store(rel.as_str(), key, &md5);
         }
         Ok((after, md5))

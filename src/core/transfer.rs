@@ -169,9 +169,17 @@ impl Files {
         let rel = RelPath::parse(raw)?;
         let this = self.clone();
         let (file, key, md5) = blocking(move || {
+            // Non-blocking open, so a FIFO or device cannot hang the open; non-regular files
+            // are refused below (and O_NONBLOCK changes nothing for a regular file's reads).
+            let mut opts = cap_std::fs::OpenOptions::new();
+            opts.read(true);
+            cap_std::fs::OpenOptionsExt::custom_flags(
+                &mut opts,
+                rustix::fs::OFlags::NONBLOCK.bits() as i32,
+            );
             let file = this
                 .dir
-                .open(rel.as_path())
+                .open_with(rel.as_path(), &opts)
                 .map_err(|e| Error::io(e, rel.as_str()))?
                 .into_std();
             let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
@@ -466,7 +474,6 @@ fn write_loop(
             return Err(e);
         }
     };
-    let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
     let created = files.dir.symlink_metadata(rel.as_path()).is_err();
     files
         .dir
@@ -484,6 +491,8 @@ fn write_loop(
     if let Ok(d) = dir {
         let _ = d.into_std_file().sync_all();
     }
+    // The key is read from the open file after the rename, which moves its ctime.
+    let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
     files.digests.store(rel.as_str(), key, &md5);
     Ok(PutDone { md5, size, created })
 }

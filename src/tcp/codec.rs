@@ -145,6 +145,12 @@ impl FrameCodec {
         }
     }
 
+    /// Changes the largest frame accepted (raised once a peer has authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.inner.set_max_frame_length(max_frame);
+        self.max = max_frame;
+    }
+
     /// The largest payload a frame can carry.
     pub fn max_payload(&self) -> usize {
         self.max - HEADER_LEN

@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Frames queued for the socket, per connection; with the windows, this bounds its memory.
 const OUT_QUEUE: usize = 32;
+/// Largest frame accepted before the hello is authenticated.
+const HELLO_MAX: usize = 16 * 1024;
+/// Most streams open at once on one connection; more get `busy`.
+pub(super) const MAX_STREAMS: usize = 64;
 /// Largest window grant the server accepts in total on one stream (keeps the counter sane).
 const MAX_WINDOW: usize = 1 << 40;
 /// An idle connection keeps buffers no larger than this; bigger ones (left by a transfer) are freed.
@@ -88,7 +92,8 @@ impl Conn {
 
     pub(super) async fn run(self, sock: TcpStream) {
         let (rd, wr) = sock.into_split();
-        let mut reader = FramedRead::new(rd, FrameCodec::new(self.cfg.max_frame));
+        // Until the peer has authenticated, it may send no more than a small hello.
+        let mut reader = FramedRead::new(rd, FrameCodec::new(HELLO_MAX.min(self.cfg.max_frame)));
         let mut writer = FramedWrite::new(wr, FrameCodec::new(self.cfg.max_frame));
         writer.set_backpressure_boundary(256 * 1024);
         let hello = match self.hello(&mut reader).await {
@@ -99,6 +104,7 @@ impl Conn {
                 return;
             }
         };
+        reader.decoder_mut().set_max_frame(self.cfg.max_frame);
         let (actor, guard) = self.core.open_session("tcp", self.peer.to_string()).await;
         let client_max = hello
             .max_frame
@@ -132,7 +138,15 @@ impl Conn {
         }
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let counters = guard.counters.clone();
-        let write_task = tokio::spawn(write_loop(writer, out_rx, counters.clone()));
+        let kill = self.kill.clone();
+        let writing = write_loop(writer, out_rx, counters.clone());
+        // At the shutdown deadline the socket is dropped even if the peer stopped reading.
+        let write_task = tokio::spawn(async move {
+            tokio::select! {
+                _ = writing => {}
+                _ = kill.cancelled() => {}
+            }
+        });
         let shared = Arc::new(Shared {
             core: self.core.clone(),
             actor: actor.clone(),
@@ -220,6 +234,11 @@ impl Conn {
                             if id == 0 || streams.contains_key(&id) {
                                 fail(Error::bad_request(format!("stream id {id} is 0 or already in use"))).await;
                                 break "protocol error";
+                            }
+                            if streams.len() >= MAX_STREAMS {
+                                let e = Error::new(Code::Busy, format!("at most {MAX_STREAMS} streams may be open at once"));
+                                let _ = shared.out.send(error_frame(id, &e)).await;
+                                continue;
                             }
                             if draining {
                                 let e = Error::new(Code::Busy, "the server is shutting down");
