@@ -355,3 +355,66 @@ async fn shutdown_cancels_commands_and_finishes() {
         .await
         .expect("the server shuts down within its grace period");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_that_left_the_group_cannot_hold_the_command_open() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    // `setsid` escapes the process group and keeps stdout open; the command still ends.
+    let mut req = sh("setsid sleep 30 & echo $!; echo started");
+    req.timeout_ms = Some(20_000);
+    let started = Instant::now();
+    let (out, _, end) = c.exec_collect(req).await.unwrap();
+    assert_eq!(end.exit_code, Some(0));
+    assert!(String::from_utf8_lossy(&out).contains("started"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "held open for {:?}",
+        started.elapsed()
+    );
+    let pid: i32 = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_per_connection_are_capped() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    let mut open = Vec::new();
+    for i in 0..64 {
+        let req = Request::Put {
+            path: format!("p{i}"),
+            size: 1,
+            md5: None,
+        };
+        open.push(c.open(&req).await.unwrap());
+    }
+    let mut extra = c.open(&Request::Ping {}).await.unwrap();
+    let err = extra.recv().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::Busy), "{err}");
+    // Finishing one frees a slot.
+    let mut first = open.remove(0);
+    first
+        .send_data(bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    loop {
+        let f = first.recv().await.unwrap();
+        if f.kind == Kind::End {
+            break;
+        }
+    }
+    drop(open);
+    c.ping().await.unwrap();
+    s.stop().await;
+}

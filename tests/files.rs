@@ -444,3 +444,20 @@ async fn digests_survive_a_restart() {
         running.wait().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_is_refused_without_blocking() {
+    let s = TestServer::start().await;
+    let st = std::process::Command::new("mkfifo")
+        .arg(s.path("pipe"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let c = s.client().await;
+    let err = c
+        .get("pipe", 0, Md5Stream::new(), Vec::new(), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::BadRequest), "{err}");
+    s.stop().await;
+}

@@ -637,3 +637,15 @@ async fn bad_peers_at_once_do_not_disturb_others() {
     };
     s.stop().await;
 }
+
+/// Before it authenticates, a peer may announce no more than a small hello: a length that is
+/// fine after the hello (64 KiB) is refused before it, and nothing is buffered for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn big_frames_are_refused_before_the_hello() {
+    let s = TestServer::start().await;
+    let mut raw = Raw::connect(&s).await;
+    raw.send(&(64u32 * 1024).to_be_bytes()).await;
+    raw.expect_conn_error("too_large").await;
+    s.client().await.ping().await.unwrap();
+    s.stop().await;
+}

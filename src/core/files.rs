@@ -181,7 +181,7 @@ impl Files {
         // Only trust the digest if the file did not change while it was hashed, and was not
         // changed just now: a write in the same timestamp tick would not show in the key.
         let after = FileKey::of(&file.metadata().map_err(|e| Error::io(e, rel.as_str()))?);
-        let now_ns = crate::core::audit::now_ms() as i64 * 1_000_000;
+        let now_ns = crate::core::audit::now_ms() * 1_000_000;
         if after == key && now_ns - key.mtime_ns > 2_000_000_000 {
             self.digests.store(rel.as_str(), key, &md5);
         }
