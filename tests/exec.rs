@@ -418,3 +418,21 @@ async fn streams_per_connection_are_capped() {
     c.ping().await.unwrap();
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_stream_is_cancelled_on_a_live_connection() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    let mut st = c
+        .open(&Request::Exec(sh("sleep 300 & echo $!; wait")))
+        .await
+        .unwrap();
+    let pid = first_line_pid(&mut st).await;
+    drop(st);
+    assert!(
+        wait_dead(pid).await,
+        "the command of a dropped stream kept running"
+    );
+    c.ping().await.unwrap();
+    s.stop().await;
+}

@@ -157,6 +157,7 @@ impl Client {
                 window,
                 client: self.clone(),
             },
+            ended: false,
         })
     }
 
@@ -226,6 +227,7 @@ impl StreamSender {
 pub struct StreamHandle {
     rx: mpsc::UnboundedReceiver<Frame>,
     sender: StreamSender,
+    ended: bool,
 }
 
 impl std::ops::Deref for StreamHandle {
@@ -244,6 +246,7 @@ impl StreamHandle {
             .recv()
             .await
             .ok_or_else(|| ClientError::Protocol("the connection closed mid-stream".into()))?;
+        self.ended |= matches!(f.kind, Kind::End | Kind::Error);
         if f.kind == Kind::Error {
             return Err(server_error(&f));
         }
