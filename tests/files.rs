@@ -190,28 +190,35 @@ async fn wrong_md5_leaves_the_old_file_intact() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_killed_mid_put_leaves_nothing() {
+    use ferry::tcp::codec::{Frame, FrameCodec};
+    use futures_util::{SinkExt, StreamExt};
     let s = TestServer::start().await;
     let mut events = s.core.registry.subscribe();
-    let c = s.client().await;
-    let st = c
-        .open(&Request::Put {
-            path: "partial.bin".into(),
-            size: 10 << 20,
-            md5: None,
-        })
+    // A client that vanishes without a word: frames by hand, then the socket is dropped.
+    let sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(sock, FrameCodec::new(1 << 20));
+    let hello = serde_json::json!({"version": 1, "token": TOKEN});
+    framed
+        .send(Frame::json(Kind::Hello, 0, &hello))
         .await
         .unwrap();
-    st.send_data(random_bytes(3 << 20, 3).into()).await.unwrap();
-    // Wait until the server has taken some of the bytes, then vanish.
-    loop {
-        if let Ok(RegistryEvent::Transfer(t)) = events.recv().await
-            && t.path == "partial.bin"
-        {
-            break;
-        }
-    }
-    drop(st);
-    drop(c);
+    assert_eq!(framed.next().await.unwrap().unwrap().kind, Kind::Welcome);
+    let put = Request::Put {
+        path: "partial.bin".into(),
+        size: 10 << 20,
+        md5: None,
+    };
+    framed
+        .send(Frame::json(Kind::Request, 1, &put))
+        .await
+        .unwrap();
+    framed
+        .send(Frame::new(Kind::Data, 1, random_bytes(512 << 10, 3)))
+        .await
+        .unwrap();
+    // The server acknowledges the bytes once they are on their way to disk; then vanish.
+    assert_eq!(framed.next().await.unwrap().unwrap().kind, Kind::Window);
+    drop(framed);
     let failed = loop {
         match events.recv().await.unwrap() {
             RegistryEvent::Transfer(t) if t.state != TransferState::InProgress => break t,

@@ -266,6 +266,11 @@ impl Drop for StreamHandle {
             .lock()
             .unwrap()
             .remove(&self.sender.id);
+        // A stream dropped before its end is cancelled, so the server stops its work.
+        if !self.ended {
+            let cancel = Frame::new(Kind::Cancel, self.sender.id, Bytes::new());
+            let _ = self.sender.client.out.try_send(cancel);
+        }
     }
 }
 
