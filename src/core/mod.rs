@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod files;
 pub mod paths;
+pub mod put;
 pub mod registry;
 pub mod transfer;
 

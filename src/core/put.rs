@@ -1,0 +1,298 @@
+//! Uploads: hashed on the way in, fsynced, renamed into place only when size and MD5 match.
+
+use crate::core::audit::{Actor, now_ms};
+use crate::core::checksum::{Md5Stream, is_md5_hex};
+use crate::core::digests::FileKey;
+use crate::core::error::{Code, Error, Result};
+use crate::core::files::{Files, TEMP_MARKER, blocking};
+use crate::core::paths::RelPath;
+use crate::core::registry::{TransferState, new_id};
+use crate::core::transfer::{QUEUE, TransferCtx};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
+
+impl Files {
+    /// Starts an upload of exactly `size` bytes to `raw`, verified against `md5` if given.
+    pub async fn put(
+        &self,
+        actor: &Actor,
+        raw: &str,
+        size: u64,
+        md5: Option<String>,
+    ) -> Result<PutSink> {
+        let rel = RelPath::parse(raw)?;
+        let Some((parent, name)) = rel.split() else {
+            return Err(Error::bad_request("cannot put to the root directory"));
+        };
+        if let Some(m) = &md5
+            && !is_md5_hex(m)
+        {
+            return Err(Error::bad_request("md5 must be 32 hex digits"));
+        }
+        let tmp = parent.join(&format!(".{name}{TEMP_MARKER}{}", new_id()));
+        let this = self.clone();
+        let (rel2, tmp2) = (rel.clone(), tmp.clone());
+        let file = blocking(move || {
+            if let Ok(meta) = this.dir.metadata(rel2.as_path())
+                && meta.is_dir()
+            {
+                return Err(Error::bad_request(format!("{rel2}: is a directory")));
+            }
+            // Resolve the parent first: a parent that is a symlink out of the root must be
+            // refused as an escape, not reported as "already exists" by create_dir_all.
+            match this.dir.metadata(parent.as_path()) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(Error::bad_request(format!("{parent}: not a directory"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => this
+                    .dir
+                    .create_dir_all(parent.as_path())
+                    .map_err(|e| Error::io(e, parent.as_str()))?,
+                Err(e) => return Err(Error::io(e, parent.as_str())),
+            }
+            let mut opts = cap_std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            let file = this
+                .dir
+                .open_with(tmp2.as_path(), &opts)
+                .map_err(|e| Error::io(e, rel2.as_str()))?;
+            Ok(file.into_std())
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let files = self.clone();
+        let (rel3, expected) = (rel.clone(), md5.clone());
+        let commit = Arc::new(AtomicBool::new(false));
+        let commit2 = commit.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            write_loop(&files, file, rx, &rel3, &tmp, size, expected, &commit2)
+        });
+        let handle = self
+            .registry
+            .start_transfer(actor, rel.as_str(), "put", size);
+        Ok(PutSink {
+            tx: Some(tx),
+            worker: Some(worker),
+            received: 0,
+            size,
+            expected: md5,
+            ctx: TransferCtx {
+                files: self.clone(),
+                actor: actor.clone(),
+                path: rel.as_str().to_string(),
+                handle: Some(handle),
+                started_at: now_ms(),
+                size,
+            },
+            commit,
+        })
+    }
+}
+
+/// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
+pub struct PutSink {
+    tx: Option<mpsc::Sender<Bytes>>,
+    worker: Option<tokio::task::JoinHandle<Result<PutDone>>>,
+    received: u64,
+    size: u64,
+    expected: Option<String>,
+    ctx: TransferCtx,
+    commit: Arc<AtomicBool>,
+}
+
+/// A verified upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutDone {
+    /// The MD5 of the stored bytes.
+    pub md5: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// Whether the name was new (else an old file was replaced).
+    pub created: bool,
+}
+
+impl PutSink {
+    /// Bytes still expected.
+    pub fn remaining(&self) -> u64 {
+        self.size - self.received
+    }
+
+    /// Hands a chunk to the disk thread; waits only while its small queue is full.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        if chunk.len() as u64 > self.remaining() {
+            return Err(Error::bad_request(format!(
+                "more data than the announced {} bytes",
+                self.size
+            )));
+        }
+        self.received += chunk.len() as u64;
+        if let Some(h) = &self.ctx.handle {
+            h.progress(chunk.len() as u64);
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::internal("put already finished"))?;
+        if tx.send(chunk).await.is_ok() {
+            Ok(())
+        } else {
+            Err(self.worker_error().await)
+        }
+    }
+
+    async fn worker_error(&mut self) -> Error {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => match w.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => Error::internal("put worker ended early"),
+                Err(e) => Error::internal(e),
+            },
+            None => Error::internal("put worker gone"),
+        }
+    }
+
+    /// Ends the upload once all bytes are in: verify, then rename into place or leave nothing.
+    pub async fn finish(mut self) -> Result<PutDone> {
+        if self.remaining() > 0 {
+            let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
+            let _ = self.stop_worker().await;
+            self.ctx
+                .record("put", TransferState::Failed, None, self.expected.clone())
+                .await;
+            return Err(err);
+        }
+        // Closing the queue with the commit flag set tells the worker that all data is in.
+        self.commit.store(true, Ordering::SeqCst);
+        let result = self.stop_worker().await;
+        let (state, md5) = match &result {
+            Ok(done) => (TransferState::Verified, Some(done.md5.clone())),
+            Err(e) if e.code == Code::ChecksumMismatch => (TransferState::Mismatch, None),
+            Err(_) => (TransferState::Failed, None),
+        };
+        self.ctx
+            .record("put", state, md5, self.expected.clone())
+            .await;
+        result
+    }
+
+    /// Abandons the upload (cancel, disconnect): the temp file is removed, nothing is renamed.
+    pub async fn abort(mut self, cancelled: bool) {
+        let _ = self.stop_worker().await;
+        let state = if cancelled {
+            TransferState::Cancelled
+        } else {
+            TransferState::Failed
+        };
+        self.ctx
+            .record("put", state, None, self.expected.clone())
+            .await;
+    }
+
+    /// Closes the queue and waits for the worker: it renames the file into place if the commit
+    /// flag is set and everything checks out, else it removes its temp file. Either way the
+    /// upload is settled on disk once this returns.
+    async fn stop_worker(&mut self) -> Result<PutDone> {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => w.await.map_err(Error::internal).and_then(|r| r),
+            None => Err(Error::internal("put worker gone")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_loop(
+    files: &Files,
+    file: std::fs::File,
+    rx: mpsc::Receiver<Bytes>,
+    rel: &RelPath,
+    tmp: &RelPath,
+    size: u64,
+    expected: Option<String>,
+    commit: &AtomicBool,
+) -> Result<PutDone> {
+    let result = write_and_verify(file, rx, size, expected.as_deref(), commit);
+    let (file, md5) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = files.dir.remove_file(tmp.as_path());
+            return Err(e);
+        }
+    };
+    let created = files.dir.symlink_metadata(rel.as_path()).is_err();
+    files
+        .dir
+        .rename(tmp.as_path(), &files.dir, rel.as_path())
+        .map_err(|e| {
+            let _ = files.dir.remove_file(tmp.as_path());
+            Error::io(e, rel.as_str())
+        })?;
+    // Make the rename itself durable: fsync the directory that now holds the name.
+    let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
+    let dir = match &parent {
+        Some(p) => files.dir.open_dir(p.as_path()),
+        None => files.dir.try_clone(),
+    };
+    if let Ok(d) = dir {
+        let _ = d.into_std_file().sync_all();
+    }
+    // The key is read from the open file after the rename, which moves its ctime.
+    let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
+    files.digests.store(rel.as_str(), key, &md5);
+    Ok(PutDone { md5, size, created })
+}
+
+/// Hashes on one thread while writing on this one; checks size and MD5; fsyncs.
+fn write_and_verify(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<Bytes>,
+    size: u64,
+    expected: Option<&str>,
+    commit: &AtomicBool,
+) -> Result<(std::fs::File, String)> {
+    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE * 2);
+    let hasher = std::thread::spawn(move || {
+        let mut md5 = Md5Stream::new();
+        for chunk in hrx {
+            md5.update(&chunk);
+        }
+        md5
+    });
+    let mut file = file;
+    let mut written = 0u64;
+    while let Some(chunk) = rx.blocking_recv() {
+        let _ = htx.send(chunk.clone());
+        file.write_all(&chunk).map_err(Error::internal)?;
+        written += chunk.len() as u64;
+    }
+    drop(htx);
+    let md5 = hasher
+        .join()
+        .map_err(|_| Error::internal("hasher panicked"))?;
+    if !commit.load(Ordering::SeqCst) {
+        return Err(Error::new(Code::Cancelled, "upload abandoned"));
+    }
+    if written != size {
+        return Err(Error::bad_request(format!(
+            "upload ended after {} of {size} bytes",
+            written
+        )));
+    }
+    let actual = md5.hex();
+    if let Some(exp) = expected
+        && !exp.eq_ignore_ascii_case(&actual)
+    {
+        return Err(Error::new(
+            Code::ChecksumMismatch,
+            format!(
+                "MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"
+            ),
+        ));
+    }
+    file.sync_all().map_err(Error::internal)?;
+    Ok((file, actual))
+}
