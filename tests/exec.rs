@@ -154,6 +154,16 @@ async fn stdin_streams_to_the_command() {
     s.stop().await;
 }
 
+/// Starts `sleep 300` in the background of a command that waits for it; returns its pid.
+async fn sleeper(c: &ferry::client::Client) -> (ferry::client::StreamHandle, i32) {
+    let mut st = c
+        .open(&Request::Exec(sh("sleep 300 & echo $!; wait")))
+        .await
+        .unwrap();
+    let pid = first_line_pid(&mut st).await;
+    (st, pid)
+}
+
 async fn first_line_pid(stream: &mut ferry::client::StreamHandle) -> i32 {
     let mut buf = Vec::new();
     while !buf.contains(&b'\n') {
@@ -191,25 +201,36 @@ async fn timeout_kills_the_whole_group_grandchildren_too() {
 async fn cancel_and_disconnect_kill_the_group() {
     let s = TestServer::start().await;
     let c = s.client().await;
-    let mut st = c
-        .open(&Request::Exec(sh("sleep 300 & echo $!; wait")))
-        .await
-        .unwrap();
-    let pid = first_line_pid(&mut st).await;
+    let (mut st, pid) = sleeper(&c).await;
     st.cancel().await.unwrap();
     let err = st.recv().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::Cancelled), "{err}");
     assert!(wait_dead(pid).await, "cancel left the grandchild running");
 
-    // A client that vanishes mid-command: its commands die with it.
-    let c2 = s.client().await;
-    let mut st = c2
-        .open(&Request::Exec(sh("sleep 300 & echo $!; wait")))
+    // A client that vanishes mid-command, without a word: its commands die with it.
+    use ferry::tcp::codec::{Frame, FrameCodec};
+    use futures_util::{SinkExt, StreamExt};
+    let sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(sock, FrameCodec::new(1 << 20));
+    let hello = serde_json::json!({"version": 1, "token": TOKEN});
+    framed
+        .send(Frame::json(Kind::Hello, 0, &hello))
         .await
         .unwrap();
-    let pid = first_line_pid(&mut st).await;
-    drop(st);
-    drop(c2);
+    assert_eq!(framed.next().await.unwrap().unwrap().kind, Kind::Welcome);
+    let req = Request::Exec(sh("sleep 300 & echo $!; wait"));
+    framed
+        .send(Frame::json(Kind::Request, 1, &req))
+        .await
+        .unwrap();
+    let mut line = Vec::new();
+    while !line.contains(&b'\n') {
+        let f = framed.next().await.unwrap().unwrap();
+        assert_eq!(f.kind, Kind::Stdout);
+        line.extend_from_slice(&f.payload);
+    }
+    let pid: i32 = String::from_utf8(line).unwrap().trim().parse().unwrap();
+    drop(framed);
     assert!(
         wait_dead(pid).await,
         "disconnect left the grandchild running"
@@ -341,11 +362,7 @@ async fn audit_rows_and_registry() {
 async fn shutdown_cancels_commands_and_finishes() {
     let mut s = TestServer::start().await;
     let c = s.client().await;
-    let mut st = c
-        .open(&Request::Exec(sh("sleep 300 & echo $!; wait")))
-        .await
-        .unwrap();
-    let pid = first_line_pid(&mut st).await;
+    let (mut st, pid) = sleeper(&c).await;
     let running = s.take_running();
     s.shutdown_token().cancel();
     let err = st.recv().await.unwrap_err();
@@ -423,11 +440,7 @@ async fn streams_per_connection_are_capped() {
 async fn a_dropped_stream_is_cancelled_on_a_live_connection() {
     let s = TestServer::start().await;
     let c = s.client().await;
-    let mut st = c
-        .open(&Request::Exec(sh("sleep 300 & echo $!; wait")))
-        .await
-        .unwrap();
-    let pid = first_line_pid(&mut st).await;
+    let (st, pid) = sleeper(&c).await;
     drop(st);
     assert!(
         wait_dead(pid).await,

@@ -3,9 +3,9 @@
 use super::run::connect;
 use super::{GetArgs, LsArgs, PutArgs};
 use crate::client::Progress;
-use crate::core::checksum::{Md5Stream, hash_reader};
+use crate::core::checksum::{Md5Stream, digest_reader, hash_reader};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// A progress bar on a terminal; hidden otherwise.
@@ -76,8 +76,8 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
     };
     let (offset, prefix) = match &resume_from {
         Some(from) => {
-            let (md5, len) = hash_prefix(std::fs::File::open(from)?)?;
-            (len, md5)
+            let md5 = digest_reader(std::fs::File::open(from)?, Md5Stream::new())?;
+            (md5.len(), md5)
         }
         None => (0, Md5Stream::new()),
     };
@@ -142,22 +142,6 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
             Err(e.into())
         }
     }
-}
-
-/// Hashes what a partial file already holds.
-fn hash_prefix(f: std::fs::File) -> anyhow::Result<(Md5Stream, u64)> {
-    let mut md5 = Md5Stream::new();
-    let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        md5.update(&buf[..n]);
-    }
-    let len = md5.len();
-    Ok((md5, len))
 }
 
 pub(super) async fn put(a: PutArgs) -> anyhow::Result<i32> {

@@ -78,19 +78,23 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Hashes everything `reader` yields, in large reads; returns (hex, length).
-pub fn hash_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
-    let mut md5 = Md5Stream::new();
+/// Feeds everything `reader` yields into `md5`, in large reads.
+pub fn digest_reader(mut reader: impl Read, mut md5: Md5Stream) -> io::Result<Md5Stream> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match reader.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(md5),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         md5.update(&buf[..n]);
     }
+}
+
+/// Hashes everything `reader` yields; returns (hex, length).
+pub fn hash_reader(reader: impl Read) -> io::Result<(String, u64)> {
+    let md5 = digest_reader(reader, Md5Stream::new())?;
     let len = md5.len();
     Ok((md5.hex(), len))
 }

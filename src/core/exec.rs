@@ -3,8 +3,9 @@
 use crate::core::audit::{Actor, Audit, CommandEnd};
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
+use crate::core::output::{OutputCap, pump};
 use crate::core::registry::new_id;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -366,46 +367,5 @@ impl Executor {
             exit = ?end.exit_code, signal = ?end.signal, ms = end.duration_ms, bytes_out, truncated,
             error = end.error.as_deref().unwrap_or("-"), "command");
         self.audit.command_ended(end).await;
-    }
-}
-
-struct OutputCap {
-    max: u64,
-    used: AtomicU64,
-    truncated: AtomicBool,
-    hit: Notify,
-}
-
-async fn pump(
-    mut pipe: impl AsyncRead + Unpin,
-    tx: mpsc::Sender<ExecOutput>,
-    cap: Arc<OutputCap>,
-    wrap: fn(Bytes) -> ExecOutput,
-) {
-    loop {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        match pipe.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) if cap.truncated.load(Ordering::Relaxed) => continue,
-            Ok(n) => {
-                let before = cap.used.fetch_add(n as u64, Ordering::Relaxed);
-                let room = cap.max.saturating_sub(before);
-                if (n as u64) > room {
-                    buf.truncate(room as usize);
-                    if !cap.truncated.swap(true, Ordering::Relaxed) {
-                        cap.hit.notify_one();
-                    }
-                    if !buf.is_empty() {
-                        let _ = tx.send(wrap(buf.freeze())).await;
-                    }
-                    // Keep the pipe open (reading and discarding) until the group is killed, so the
-                    // command ends by our SIGKILL, not by a SIGPIPE race.
-                    continue;
-                }
-                if tx.send(wrap(buf.freeze())).await.is_err() {
-                    return;
-                }
-            }
-        }
     }
 }
