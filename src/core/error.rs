@@ -23,6 +23,12 @@ pub enum Code {
     Busy,
     /// The client cancelled the operation.
     Cancelled,
+    /// The request conflicts with the current state (a wrong upload offset, a non-empty directory).
+    Conflict,
+    /// The requested byte range lies outside the file (HTTP only).
+    RangeNotSatisfiable,
+    /// The method is not allowed on this path (HTTP only).
+    MethodNotAllowed,
     /// Something failed inside the server; details are in its log.
     Internal,
 }
@@ -40,6 +46,9 @@ impl Code {
             Code::BadRequest => "bad_request",
             Code::Busy => "busy",
             Code::Cancelled => "cancelled",
+            Code::Conflict => "conflict",
+            Code::RangeNotSatisfiable => "range_not_satisfiable",
+            Code::MethodNotAllowed => "method_not_allowed",
             Code::Internal => "internal",
         }
     }
@@ -56,6 +65,9 @@ impl Code {
             "bad_request" => Code::BadRequest,
             "busy" => Code::Busy,
             "cancelled" => Code::Cancelled,
+            "conflict" => Code::Conflict,
+            "range_not_satisfiable" => Code::RangeNotSatisfiable,
+            "method_not_allowed" => Code::MethodNotAllowed,
             _ => Code::Internal,
         }
     }

@@ -366,6 +366,19 @@ impl Executor {
         tracing::info!(command = %id, session = %actor.session_id, transport = actor.transport, cmd = %line,
             exit = ?end.exit_code, signal = ?end.signal, ms = end.duration_ms, bytes_out, truncated,
             error = end.error.as_deref().unwrap_or("-"), "command");
+        let result = match (error, end.exit_code) {
+            (Some(e), _) if e.code == Code::Timeout => "timeout",
+            (Some(e), _) if e.code == Code::Cancelled => "cancelled",
+            (Some(_), _) => "error",
+            (None, Some(0)) => "ok",
+            (None, Some(_)) => "failed",
+            (None, None) => "signalled",
+        };
+        self.files.registry.metrics().exec(
+            actor.transport,
+            result,
+            started.elapsed().as_secs_f64(),
+        );
         self.audit.command_ended(end).await;
     }
 }

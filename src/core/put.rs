@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
 impl Files {
-    /// Starts an upload of exactly `size` bytes to `raw`, verified against `md5` if given.
+    /// Starts an upload to `raw` of exactly `size` bytes (any number if `None`), verified against
+    /// `md5` if given.
     pub async fn put(
         &self,
         actor: &Actor,
         raw: &str,
-        size: u64,
+        size: Option<u64>,
         md5: Option<String>,
     ) -> Result<PutSink> {
         let rel = RelPath::parse(raw)?;
@@ -72,7 +73,7 @@ impl Files {
         });
         let handle = self
             .registry
-            .start_transfer(actor, rel.as_str(), "put", size);
+            .start_transfer(actor, rel.as_str(), "put", size.unwrap_or(0));
         Ok(PutSink {
             tx: Some(tx),
             worker: Some(worker),
@@ -85,7 +86,7 @@ impl Files {
                 path: rel.as_str().to_string(),
                 handle: Some(handle),
                 started_at: now_ms(),
-                size,
+                size: size.unwrap_or(0),
             },
             commit,
         })
@@ -95,13 +96,16 @@ impl Files {
 /// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
 pub struct PutSink {
     tx: Option<mpsc::Sender<Bytes>>,
-    worker: Option<tokio::task::JoinHandle<Result<PutDone>>>,
+    worker: Option<tokio::task::JoinHandle<Settled>>,
     received: u64,
-    size: u64,
+    size: Option<u64>,
     expected: Option<String>,
     ctx: TransferCtx,
     commit: Arc<AtomicBool>,
 }
+
+/// How the disk thread settled an upload, with the MD5 of the received bytes when it got that far.
+type Settled = (Result<PutDone>, Option<String>);
 
 /// A verified upload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,9 +119,14 @@ pub struct PutDone {
 }
 
 impl PutSink {
-    /// Bytes still expected.
+    /// Bytes still expected (`u64::MAX` when the size was not announced).
     pub fn remaining(&self) -> u64 {
-        self.size - self.received
+        self.size.map_or(u64::MAX, |s| s - self.received)
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Hands a chunk to the disk thread; waits only while its small queue is full.
@@ -125,7 +134,7 @@ impl PutSink {
         if chunk.len() as u64 > self.remaining() {
             return Err(Error::bad_request(format!(
                 "more data than the announced {} bytes",
-                self.size
+                self.size.unwrap_or(0)
             )));
         }
         self.received += chunk.len() as u64;
@@ -147,8 +156,8 @@ impl PutSink {
         self.tx = None;
         match self.worker.take() {
             Some(w) => match w.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) => Error::internal("put worker ended early"),
+                Ok((Err(e), _)) => e,
+                Ok((Ok(_), _)) => Error::internal("put worker ended early"),
                 Err(e) => Error::internal(e),
             },
             None => Error::internal("put worker gone"),
@@ -157,7 +166,7 @@ impl PutSink {
 
     /// Ends the upload once all bytes are in: verify, then rename into place or leave nothing.
     pub async fn finish(mut self) -> Result<PutDone> {
-        if self.remaining() > 0 {
+        if self.size.is_some() && self.remaining() > 0 {
             let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
             let _ = self.stop_worker().await;
             self.ctx
@@ -167,12 +176,13 @@ impl PutSink {
         }
         // Closing the queue with the commit flag set tells the worker that all data is in.
         self.commit.store(true, Ordering::SeqCst);
-        let result = self.stop_worker().await;
-        let (state, md5) = match &result {
-            Ok(done) => (TransferState::Verified, Some(done.md5.clone())),
-            Err(e) if e.code == Code::ChecksumMismatch => (TransferState::Mismatch, None),
-            Err(_) => (TransferState::Failed, None),
+        let (result, actual) = self.stop_worker().await;
+        let state = match &result {
+            Ok(_) => TransferState::Verified,
+            Err(e) if e.code == Code::ChecksumMismatch => TransferState::Mismatch,
+            Err(_) => TransferState::Failed,
         };
+        let md5 = if state == TransferState::Failed { None } else { actual };
         self.ctx
             .record("put", state, md5, self.expected.clone())
             .await;
@@ -195,11 +205,13 @@ impl PutSink {
     /// Closes the queue and waits for the worker: it renames the file into place if the commit
     /// flag is set and everything checks out, else it removes its temp file. Either way the
     /// upload is settled on disk once this returns.
-    async fn stop_worker(&mut self) -> Result<PutDone> {
+    async fn stop_worker(&mut self) -> Settled {
         self.tx = None;
         match self.worker.take() {
-            Some(w) => w.await.map_err(Error::internal).and_then(|r| r),
-            None => Err(Error::internal("put worker gone")),
+            Some(w) => w
+                .await
+                .unwrap_or_else(|e| (Err(Error::internal(e)), None)),
+            None => (Err(Error::internal("put worker gone")), None),
         }
     }
 }
@@ -211,26 +223,32 @@ fn write_loop(
     rx: mpsc::Receiver<Bytes>,
     rel: &RelPath,
     tmp: &RelPath,
-    size: u64,
+    size: Option<u64>,
     expected: Option<String>,
     commit: &AtomicBool,
+) -> Settled {
+    let (result, actual) = write_and_verify(file, rx, size, expected.as_deref(), commit);
+    let settled = result.and_then(|file| commit_file(files, file, rel, tmp, actual.clone()));
+    if settled.is_err() {
+        let _ = files.dir.remove_file(tmp.as_path());
+    }
+    (settled, actual)
+}
+
+/// Renames the verified temp file into place durably and stores its digest.
+fn commit_file(
+    files: &Files,
+    file: std::fs::File,
+    rel: &RelPath,
+    tmp: &RelPath,
+    md5: Option<String>,
 ) -> Result<PutDone> {
-    let result = write_and_verify(file, rx, size, expected.as_deref(), commit);
-    let (file, md5) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = files.dir.remove_file(tmp.as_path());
-            return Err(e);
-        }
-    };
+    let md5 = md5.ok_or_else(|| Error::internal("verified upload without a digest"))?;
     let created = files.dir.symlink_metadata(rel.as_path()).is_err();
     files
         .dir
         .rename(tmp.as_path(), &files.dir, rel.as_path())
-        .map_err(|e| {
-            let _ = files.dir.remove_file(tmp.as_path());
-            Error::io(e, rel.as_str())
-        })?;
+        .map_err(|e| Error::io(e, rel.as_str()))?;
     // Make the rename itself durable: fsync the directory that now holds the name.
     let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
     let dir = match &parent {
@@ -243,17 +261,22 @@ fn write_loop(
     // The key is read from the open file after the rename, which moves its ctime.
     let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
     files.digests.store(rel.as_str(), key, &md5);
-    Ok(PutDone { md5, size, created })
+    Ok(PutDone {
+        md5,
+        size: key.size,
+        created,
+    })
 }
 
-/// Hashes on one thread while writing on this one; checks size and MD5; fsyncs.
+/// Hashes on one thread while writing on this one; checks size and MD5; fsyncs. Returns the MD5
+/// of the received bytes whenever all of them arrived.
 fn write_and_verify(
     file: std::fs::File,
     mut rx: mpsc::Receiver<Bytes>,
-    size: u64,
+    size: Option<u64>,
     expected: Option<&str>,
     commit: &AtomicBool,
-) -> Result<(std::fs::File, String)> {
+) -> (Result<std::fs::File>, Option<String>) {
     let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE * 2);
     let hasher = std::thread::spawn(move || {
         let mut md5 = Md5Stream::new();
@@ -266,33 +289,34 @@ fn write_and_verify(
     let mut written = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
         let _ = htx.send(chunk.clone());
-        file.write_all(&chunk).map_err(Error::internal)?;
+        if let Err(e) = file.write_all(&chunk) {
+            return (Err(Error::internal(e)), None);
+        }
         written += chunk.len() as u64;
     }
     drop(htx);
-    let md5 = hasher
-        .join()
-        .map_err(|_| Error::internal("hasher panicked"))?;
+    let Ok(md5) = hasher.join() else {
+        return (Err(Error::internal("hasher panicked")), None);
+    };
     if !commit.load(Ordering::SeqCst) {
-        return Err(Error::new(Code::Cancelled, "upload abandoned"));
+        return (Err(Error::new(Code::Cancelled, "upload abandoned")), None);
     }
-    if written != size {
-        return Err(Error::bad_request(format!(
-            "upload ended after {} of {size} bytes",
-            written
-        )));
+    if let Some(size) = size
+        && written != size
+    {
+        let e = Error::bad_request(format!("upload ended after {written} of {size} bytes"));
+        return (Err(e), None);
     }
     let actual = md5.hex();
     if let Some(exp) = expected
         && !exp.eq_ignore_ascii_case(&actual)
     {
-        return Err(Error::new(
+        let e = Error::new(
             Code::ChecksumMismatch,
-            format!(
-                "MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"
-            ),
-        ));
+            format!("MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"),
+        );
+        return (Err(e), Some(actual));
     }
-    file.sync_all().map_err(Error::internal)?;
-    Ok((file, actual))
+    let r = file.sync_all().map(|_| file).map_err(Error::internal);
+    (r, Some(actual))
 }

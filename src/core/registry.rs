@@ -1,6 +1,7 @@
 //! Live sessions and transfers of every transport, with change events.
 
 use crate::core::audit::{Actor, now_ms};
+use crate::core::metrics::{ByteCounters, Metrics};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,9 @@ use tokio::sync::broadcast;
 
 /// How many finished transfers stay visible.
 const RECENT_TRANSFERS: usize = 100;
+
+/// How many MD5 checks stay visible.
+const RECENT_CHECKS: usize = 200;
 
 /// A fresh random id (16 hex digits).
 pub fn new_id() -> String {
@@ -24,6 +28,21 @@ pub struct SessionCounters {
     pub bytes_in: AtomicU64,
     /// Bytes sent to the peer.
     pub bytes_out: AtomicU64,
+    totals: ByteCounters,
+}
+
+impl SessionCounters {
+    /// Counts bytes received from the peer (also in the transport's totals).
+    pub fn add_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.totals.bytes_in.inc_by(n);
+    }
+
+    /// Counts bytes sent to the peer (also in the transport's totals).
+    pub fn add_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.totals.bytes_out.inc_by(n);
+    }
 }
 
 /// A live session as the API shows it.
@@ -90,6 +109,30 @@ pub struct TransferInfo {
     pub ended_at: Option<i64>,
 }
 
+/// One MD5 comparison made by ferry: an upload's client MD5 against the received bytes, or a
+/// download's stored MD5 against a file that must not have changed while it was sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckInfo {
+    /// The transfer it belongs to.
+    pub transfer_id: String,
+    /// Owning session.
+    pub session_id: String,
+    /// Transport name.
+    pub transport: &'static str,
+    /// Path under the root.
+    pub path: String,
+    /// `get` or `put`.
+    pub direction: &'static str,
+    /// The MD5 that should hold.
+    pub expected: String,
+    /// The MD5 found, when known.
+    pub actual: Option<String>,
+    /// `ok` or `mismatch`.
+    pub result: &'static str,
+    /// When, unix ms.
+    pub at: i64,
+}
+
 /// A registry change, for live views.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -103,6 +146,8 @@ pub enum RegistryEvent {
     },
     /// A transfer started, progressed or finished.
     Transfer(TransferInfo),
+    /// An MD5 check was made.
+    Check(CheckInfo),
 }
 
 struct LiveSession {
@@ -120,6 +165,7 @@ struct Inner {
     sessions: HashMap<String, LiveSession>,
     transfers: HashMap<String, LiveTransfer>,
     recent: VecDeque<TransferInfo>,
+    checks: VecDeque<CheckInfo>,
 }
 
 /// The registry of live sessions and transfers; cheap to clone.
@@ -127,6 +173,7 @@ struct Inner {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     events: broadcast::Sender<RegistryEvent>,
+    metrics: Arc<Metrics>,
 }
 
 impl Default for Registry {
@@ -142,7 +189,13 @@ impl Registry {
         Registry {
             inner: Arc::default(),
             events,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Subscribes to change events (a lagging receiver loses the oldest).
@@ -156,7 +209,10 @@ impl Registry {
 
     /// Registers a session; it is removed when the returned guard drops.
     pub fn open_session(&self, actor: &Actor) -> SessionGuard {
-        let counters = Arc::new(SessionCounters::default());
+        let counters = Arc::new(SessionCounters {
+            totals: self.metrics.session_opened(actor.transport),
+            ..SessionCounters::default()
+        });
         let info = SessionInfo {
             id: actor.session_id.clone(),
             transport: actor.transport,
@@ -177,6 +233,7 @@ impl Registry {
         SessionGuard {
             registry: self.clone(),
             id: actor.session_id.clone(),
+            transport: actor.transport,
             counters,
         }
     }
@@ -252,6 +309,26 @@ impl Registry {
         v
     }
 
+    /// Records an MD5 check (and counts a mismatch).
+    pub fn record_check(&self, check: CheckInfo) {
+        if check.result != "ok" {
+            self.metrics.mismatch(check.transport);
+        }
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.checks.len() == RECENT_CHECKS {
+                inner.checks.pop_front();
+            }
+            inner.checks.push_back(check.clone());
+        }
+        self.emit(RegistryEvent::Check(check));
+    }
+
+    /// Recent MD5 checks, newest first.
+    pub fn checks(&self) -> Vec<CheckInfo> {
+        self.inner.lock().unwrap().checks.iter().rev().cloned().collect()
+    }
+
     fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<String>) {
         let info = {
             let mut inner = self.inner.lock().unwrap();
@@ -286,6 +363,7 @@ fn snapshot(t: &LiveTransfer) -> TransferInfo {
 pub struct SessionGuard {
     registry: Registry,
     id: String,
+    transport: &'static str,
     /// The session's byte counters.
     pub counters: Arc<SessionCounters>,
 }
@@ -305,6 +383,7 @@ impl Drop for SessionGuard {
             .unwrap()
             .sessions
             .remove(&self.id);
+        self.registry.metrics.session_closed(self.transport);
         self.registry.emit(RegistryEvent::SessionEnded {
             id: self.id.clone(),
         });

@@ -5,7 +5,7 @@ use crate::core::digests::FileKey;
 use crate::core::error::{Error, Result};
 use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
-use crate::core::registry::{TransferHandle, TransferState};
+use crate::core::registry::{CheckInfo, TransferHandle, TransferState};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
@@ -64,6 +64,8 @@ pub(crate) struct TransferCtx {
 }
 
 impl TransferCtx {
+    /// Ends the transfer: registry, metrics, MD5 check (when two digests were compared), log
+    /// and audit. `md5` is the digest of the bytes moved, when known.
     pub(crate) async fn record(
         &mut self,
         direction: &'static str,
@@ -83,6 +85,29 @@ impl TransferCtx {
             TransferState::Cancelled => "cancelled",
             _ => "failed",
         };
+        let registry = &self.files.registry;
+        registry
+            .metrics()
+            .transfer(self.actor.transport, direction, result);
+        if let Some(exp) = &expected
+            && matches!(state, TransferState::Verified | TransferState::Mismatch)
+        {
+            registry.record_check(CheckInfo {
+                transfer_id: id.clone(),
+                session_id: self.actor.session_id.clone(),
+                transport: self.actor.transport,
+                path: self.path.clone(),
+                direction,
+                expected: exp.clone(),
+                actual: md5.clone(),
+                result: if state == TransferState::Verified {
+                    "ok"
+                } else {
+                    "mismatch"
+                },
+                at: now_ms(),
+            });
+        }
         tracing::info!(transfer = %id, session = %self.actor.session_id, path = %self.path, direction,
             bytes, size = self.size, md5 = md5.as_deref().unwrap_or("-"), result, "transfer");
         self.files
@@ -135,7 +160,11 @@ impl GetStream {
         } else {
             TransferState::Verified
         };
-        self.ctx.record("get", state, Some(md5.clone()), None).await;
+        // The announced digest holds for the bytes sent when the file did not change meanwhile.
+        let actual = (!changed).then(|| md5.clone());
+        self.ctx
+            .record("get", state, actual, Some(md5.clone()))
+            .await;
         GetEnd {
             md5,
             bytes: self.sent,
@@ -154,18 +183,81 @@ impl GetStream {
     }
 }
 
+/// A file opened for download, with its stored MD5; nothing is recorded until [`GetFile::stream`].
+pub struct GetFile {
+    files: Files,
+    actor: Actor,
+    path: String,
+    file: std::fs::File,
+    key: FileKey,
+    /// The whole file's MD5 hex.
+    pub md5: String,
+}
+
+impl GetFile {
+    /// The whole file's size.
+    pub fn size(&self) -> u64 {
+        self.key.size
+    }
+
+    /// Modification time, unix ms.
+    pub fn mtime_ms(&self) -> i64 {
+        self.key.mtime_ns / 1_000_000
+    }
+
+    /// The path under the root, normalised.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Starts sending `len` bytes (all the rest if `None`) from `offset`, in chunks of at most
+    /// `chunk` bytes; registers and later records the transfer.
+    pub fn stream(self, offset: u64, len: Option<u64>, chunk: usize) -> Result<GetStream> {
+        let size = self.key.size;
+        if offset > size {
+            return Err(Error::bad_request(format!(
+                "offset {offset} is past the end ({size} bytes)"
+            )));
+        }
+        let want = len.unwrap_or(size - offset).min(size - offset);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let key = self.key;
+        let file = self.file;
+        tokio::task::spawn_blocking(move || read_loop(file, key, offset, want, chunk.max(1), tx));
+        let handle = self
+            .files
+            .registry
+            .start_transfer(&self.actor, &self.path, "get", want);
+        Ok(GetStream {
+            header: GetHeader {
+                size,
+                md5: self.md5,
+                offset,
+                mtime: key.mtime_ns / 1_000_000,
+            },
+            rx,
+            end: None,
+            sent: 0,
+            ctx: TransferCtx {
+                files: self.files,
+                actor: self.actor,
+                path: self.path,
+                handle: Some(handle),
+                started_at: now_ms(),
+                size,
+            },
+        })
+    }
+}
+
 impl Files {
-    /// Opens `raw` for download from `offset`, with chunks of at most `chunk` bytes.
-    pub async fn get(
-        &self,
-        actor: &Actor,
-        raw: &str,
-        offset: u64,
-        chunk: usize,
-    ) -> Result<GetStream> {
+    /// Opens `raw` for download: confined, regular files only, with the stored (or computed) MD5.
+    pub async fn open_get(&self, actor: &Actor, raw: &str) -> Result<GetFile> {
         let rel = RelPath::parse(raw)?;
         let this = self.clone();
+        let rel2 = rel.clone();
         let (file, key, md5) = blocking(move || {
+            let rel = rel2;
             // Non-blocking open, so a FIFO or device cannot hang the open; non-regular files
             // are refused below (and O_NONBLOCK changes nothing for a regular file's reads).
             let mut opts = cap_std::fs::OpenOptions::new();
@@ -180,6 +272,9 @@ impl Files {
                 .map_err(|e| Error::io(e, rel.as_str()))?
                 .into_std();
             let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
+            if meta.is_dir() {
+                return Err(Error::bad_request(format!("{rel}: is a directory")));
+            }
             if !meta.is_file() {
                 return Err(Error::bad_request(format!("{rel}: not a regular file")));
             }
@@ -187,36 +282,25 @@ impl Files {
             Ok((file, key, md5))
         })
         .await?;
-        if offset > key.size {
-            return Err(Error::bad_request(format!(
-                "offset {offset} is past the end ({} bytes)",
-                key.size
-            )));
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let path = RelPath::parse(raw)?.as_str().to_string();
-        tokio::task::spawn_blocking(move || read_loop(file, key, offset, chunk.max(1), tx));
-        let handle = self.registry.start_transfer(actor, &path, "get", key.size);
-        handle.progress(0);
-        Ok(GetStream {
-            header: GetHeader {
-                size: key.size,
-                md5,
-                offset,
-                mtime: key.mtime_ns / 1_000_000,
-            },
-            rx,
-            end: None,
-            sent: 0,
-            ctx: TransferCtx {
-                files: self.clone(),
-                actor: actor.clone(),
-                path,
-                handle: Some(handle),
-                started_at: now_ms(),
-                size: key.size,
-            },
+        Ok(GetFile {
+            files: self.clone(),
+            actor: actor.clone(),
+            path: rel.as_str().to_string(),
+            file,
+            key,
+            md5,
         })
+    }
+
+    /// Opens `raw` for download from `offset`, with chunks of at most `chunk` bytes.
+    pub async fn get(
+        &self,
+        actor: &Actor,
+        raw: &str,
+        offset: u64,
+        chunk: usize,
+    ) -> Result<GetStream> {
+        self.open_get(actor, raw).await?.stream(offset, None, chunk)
     }
 }
 
@@ -224,6 +308,7 @@ fn read_loop(
     mut file: std::fs::File,
     key: FileKey,
     offset: u64,
+    want: u64,
     chunk: usize,
     tx: mpsc::Sender<Chunk>,
 ) {
@@ -231,7 +316,6 @@ fn read_loop(
         let _ = tx.blocking_send(Chunk::Failed(Error::internal(e)));
         return;
     }
-    let want = key.size - offset;
     let mut sent = 0u64;
     while sent < want {
         let n = chunk.min((want - sent) as usize);

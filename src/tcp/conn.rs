@@ -227,7 +227,7 @@ impl Conn {
                         }
                         Some(Ok(f)) => f,
                     };
-                    shared.counters.bytes_in.fetch_add((4 + HEADER_LEN + frame.payload.len()) as u64, Ordering::Relaxed);
+                    shared.counters.add_in((4 + HEADER_LEN + frame.payload.len()) as u64);
                     let id = frame.stream;
                     match frame.kind {
                         Kind::Request => {
@@ -359,7 +359,7 @@ async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<
             }
             closing = f.stream == 0 && f.kind == Kind::Error;
             let n = (4 + HEADER_LEN + f.payload.len()) as u64;
-            counters.bytes_out.fetch_add(n, Ordering::Relaxed);
+            counters.add_out(n);
             if w.feed(f).await.is_err() {
                 return;
             }
