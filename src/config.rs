@@ -2,6 +2,7 @@
 
 use crate::core::CoreConfig;
 use crate::core::exec::ExecLimits;
+use crate::http::HttpConfig;
 use crate::server::ServerConfig;
 use crate::tcp::TcpConfig;
 use clap::Args;
@@ -21,6 +22,9 @@ pub struct ServeArgs {
     /// Address of the raw TCP protocol (port 0 picks a free port).
     #[arg(long, env = "FERRY_TCP_ADDR", default_value = "127.0.0.1:8888")]
     pub tcp_addr: SocketAddr,
+    /// Address of the HTTP API, file downloads and uploads (port 0 picks a free port).
+    #[arg(long, env = "FERRY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
     /// Access token; without one, a token is generated once and kept in the data dir.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -30,6 +34,15 @@ pub struct ServeArgs {
     /// Largest frame accepted, in bytes (K, M suffixes; 64K to 8M).
     #[arg(long, env = "FERRY_MAX_FRAME", default_value = "1M", value_parser = parse_size)]
     pub max_frame: u64,
+    /// Largest HTTP request body, uploads included (K, M, G suffixes).
+    #[arg(long, env = "FERRY_MAX_BODY", default_value = "64G", value_parser = parse_size)]
+    pub max_body: u64,
+    /// Most HTTP requests handled at once; more are answered 503 `busy` at once.
+    #[arg(long, env = "FERRY_MAX_REQUESTS", default_value_t = 1024)]
+    pub max_requests: usize,
+    /// Seconds an HTTP API request may take (file transfers, exec and event streams excepted).
+    #[arg(long, env = "FERRY_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
     /// Longest run time of a command, in seconds (a request may ask for less).
     #[arg(long, env = "FERRY_EXEC_TIMEOUT", default_value_t = 600)]
     pub exec_timeout: u64,
@@ -39,7 +52,7 @@ pub struct ServeArgs {
     /// Most commands running at once; more wait up to 10 s, then get `busy`.
     #[arg(long, env = "FERRY_MAX_CONCURRENT_EXECS", default_value_t = 64)]
     pub max_concurrent_execs: usize,
-    /// Seconds a new connection has to send its hello.
+    /// Seconds a new connection has to send its hello (TCP) or its request headers (HTTP).
     #[arg(long, env = "FERRY_HELLO_TIMEOUT", default_value_t = 10)]
     pub hello_timeout: u64,
     /// Seconds transfers may go on after SIGINT/SIGTERM.
@@ -91,6 +104,13 @@ impl ServeArgs {
                 max_frame: self.max_frame as usize,
                 hello_timeout: Duration::from_secs(self.hello_timeout),
                 ..TcpConfig::default()
+            },
+            http: HttpConfig {
+                max_body: self.max_body,
+                max_requests: self.max_requests,
+                request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+                header_timeout: Duration::from_secs(self.hello_timeout),
+                max_connections: self.max_connections,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
         })

@@ -15,5 +15,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod server;
 pub mod tcp;

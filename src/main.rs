@@ -38,15 +38,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(args.tcp_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.tcp_addr))?;
+    let http = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http_addr))?;
     let shutdown = CancellationToken::new();
-    let running =
-        ferry::server::start(cfg, ferry::server::Listeners { tcp }, shutdown.clone()).await?;
+    let running = ferry::server::start(
+        cfg,
+        ferry::server::Listeners { tcp, http },
+        shutdown.clone(),
+    )
+    .await?;
     println!(
         "ferry {} serving {}",
         env!("CARGO_PKG_VERSION"),
         running.core.files.root_path().display()
     );
     println!("tcp  {}", running.tcp_addr);
+    println!("http http://{}", running.http_addr);
     if generated {
         println!(
             "token {token}\n      (generated once and kept in {}; clients read it from FERRY_TOKEN or --token)",

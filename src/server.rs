@@ -1,6 +1,7 @@
 //! Starting and stopping a whole ferry server: the core plus its transports.
 
 use crate::core::{Core, CoreConfig};
+use crate::http::{self, HttpConfig};
 use crate::tcp::{self, TcpConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +17,8 @@ pub struct ServerConfig {
     pub core: CoreConfig,
     /// The TCP transport's limits.
     pub tcp: TcpConfig,
+    /// The HTTP transport's limits.
+    pub http: HttpConfig,
     /// How long transfers may go on after a shutdown signal.
     pub shutdown_grace: Duration,
 }
@@ -24,6 +27,8 @@ pub struct ServerConfig {
 pub struct Listeners {
     /// The raw TCP protocol's listener.
     pub tcp: TcpListener,
+    /// The HTTP listener.
+    pub http: TcpListener,
 }
 
 /// A running server.
@@ -32,6 +37,8 @@ pub struct Running {
     pub core: Core,
     /// The TCP address actually bound.
     pub tcp_addr: SocketAddr,
+    /// The HTTP address actually bound.
+    pub http_addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
@@ -50,6 +57,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let (core, _writer) = Core::open(&cfg.core, shutdown.clone()).await?;
     let tcp_addr = listeners.tcp.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
     let accept = tokio::spawn(tcp::serve(
@@ -60,10 +68,19 @@ pub async fn start(
         kill.clone(),
         tracker.clone(),
     ));
+    let http_accept = tokio::spawn(http::serve(
+        core.clone(),
+        cfg.http.clone(),
+        listeners.http,
+        shutdown.clone(),
+        kill.clone(),
+        tracker.clone(),
+    ));
     let core2 = core.clone();
     let task = tokio::spawn(async move {
         shutdown.cancelled().await;
         let _ = accept.await;
+        let _ = http_accept.await;
         tracker.close();
         tracing::info!(
             grace_s = cfg.shutdown_grace.as_secs(),
@@ -84,6 +101,7 @@ pub async fn start(
     Ok(Running {
         core,
         tcp_addr,
+        http_addr,
         task,
     })
 }

@@ -808,7 +808,13 @@ impl Served {
 fn serve_cmd(cwd: &Path, root: &Path, data: &Path) -> Command {
     let mut c = ferry_cmd(cwd);
     c.arg("serve")
-        .args(["--tcp-addr", "127.0.0.1:0", "--root"])
+        .args([
+            "--tcp-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--root",
+        ])
         .arg(root)
         .arg("--data-dir")
         .arg(data);
@@ -886,6 +892,7 @@ async fn serve_reads_its_settings_from_the_environment() {
     let mut c = ferry_cmd(base.path());
     c.env("FERRY_ROOT", &root)
         .env("FERRY_TCP_ADDR", "127.0.0.1:0")
+        .env("FERRY_HTTP_ADDR", "127.0.0.1:0")
         .env("FERRY_DATA_DIR", &data)
         .env("FERRY_TOKEN", "env-given-token")
         .arg("serve");

@@ -425,10 +425,12 @@ async fn digests_survive_a_restart() {
     for round in 0..2 {
         let cfg = config(root.path().into(), data.path().into());
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        let running = ferry::server::start(cfg, ferry::server::Listeners { tcp }, stop.clone())
-            .await
-            .unwrap();
+        let running =
+            ferry::server::start(cfg, ferry::server::Listeners { tcp, http }, stop.clone())
+                .await
+                .unwrap();
         let c = ferry::client::Client::connect(&running.tcp_addr.to_string(), TOKEN)
             .await
             .unwrap();

@@ -118,6 +118,7 @@ enum Event {
     CommandEnd(CommandEnd),
     Transfer(Box<TransferRow>),
     Digest(DigestRow),
+    ForgetDigest(String),
     Flush(oneshot::Sender<()>),
 }
 
@@ -233,6 +234,11 @@ impl Audit {
                 md5: r.get("md5"),
             })
             .collect())
+    }
+
+    /// Forgets the stored digest of a deleted file.
+    pub async fn forget_digest(&self, path: String) {
+        self.send(Event::ForgetDigest(path)).await;
     }
 
     /// The newest audit entries, newest first, strictly older than `before` (unix ms) if given.
@@ -378,6 +384,12 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
                 .bind(&d.md5)
                 .execute(&mut *tx)
                 .await?;
+            }
+            Event::ForgetDigest(path) => {
+                sqlx::query("DELETE FROM digests WHERE path = ?")
+                    .bind(path)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Event::Flush(done) => flushes.push(done),
         }

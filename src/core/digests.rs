@@ -78,6 +78,14 @@ impl DigestCache {
             .map(|(_, md5)| md5.clone())
     }
 
+    /// Forgets the digest of a removed file, in memory and durably.
+    pub async fn forget(&self, path: &str) {
+        let known = self.map.lock().unwrap().remove(path).is_some();
+        if known {
+            self.audit.forget_digest(path.to_string()).await;
+        }
+    }
+
     /// Stores a digest in memory now and durably off the request path.
     pub fn store(&self, path: &str, key: FileKey, md5: &str) {
         self.map

@@ -1,10 +1,10 @@
 //! The served root: confined file access, listings and the digest of every file.
 
-use crate::core::audit::Audit;
+use crate::core::audit::{Actor, Audit, TransferRow, now_ms};
 use crate::core::digests::{DigestCache, FileKey};
-use crate::core::error::{Error, Result};
+use crate::core::error::{Code, Error, Result};
 use crate::core::paths::RelPath;
-use crate::core::registry::Registry;
+use crate::core::registry::{Registry, new_id};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,57 @@ impl Files {
             Ok(out)
         })
         .await
+    }
+
+    /// Deletes a file, a symlink or an empty directory; audited, and its digest forgotten.
+    pub async fn delete(&self, actor: &Actor, raw: &str) -> Result<Entry> {
+        let rel = RelPath::parse(raw)?;
+        if rel.is_root() {
+            return Err(Error::bad_request("cannot delete the root directory"));
+        }
+        let this = self.clone();
+        let rel2 = rel.clone();
+        let entry = blocking(move || {
+            let rel = rel2;
+            let meta = this
+                .dir
+                .symlink_metadata(rel.as_path())
+                .map_err(|e| Error::io(e, rel.as_str()))?;
+            let entry = this.entry(rel.as_str().to_string(), &rel, &meta, meta.file_type());
+            let removed = if meta.is_dir() {
+                this.dir.remove_dir(rel.as_path())
+            } else {
+                this.dir.remove_file(rel.as_path())
+            };
+            match removed {
+                Ok(()) => Ok(entry),
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) => {
+                    Err(Error::new(
+                        Code::Conflict,
+                        format!("{rel}: directory not empty"),
+                    ))
+                }
+                Err(e) => Err(Error::io(e, rel.as_str())),
+            }
+        })
+        .await?;
+        self.digests.forget(rel.as_str()).await;
+        tracing::info!(session = %actor.session_id, transport = actor.transport, path = %rel, kind = %entry.kind, "delete");
+        self.audit
+            .transfer(TransferRow {
+                id: new_id(),
+                actor: actor.clone(),
+                path: rel.as_str().to_string(),
+                direction: "delete",
+                size: entry.size,
+                bytes: 0,
+                md5: entry.md5.clone(),
+                expected_md5: None,
+                result: "deleted".to_string(),
+                started_at: now_ms(),
+            })
+            .await;
+        Ok(entry)
     }
 
     fn entry(

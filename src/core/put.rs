@@ -182,7 +182,11 @@ impl PutSink {
             Err(e) if e.code == Code::ChecksumMismatch => TransferState::Mismatch,
             Err(_) => TransferState::Failed,
         };
-        let md5 = if state == TransferState::Failed { None } else { actual };
+        let md5 = if state == TransferState::Failed {
+            None
+        } else {
+            actual
+        };
         self.ctx
             .record("put", state, md5, self.expected.clone())
             .await;
@@ -208,9 +212,7 @@ impl PutSink {
     async fn stop_worker(&mut self) -> Settled {
         self.tx = None;
         match self.worker.take() {
-            Some(w) => w
-                .await
-                .unwrap_or_else(|e| (Err(Error::internal(e)), None)),
+            Some(w) => w.await.unwrap_or_else(|e| (Err(Error::internal(e)), None)),
             None => (Err(Error::internal("put worker gone")), None),
         }
     }
@@ -313,7 +315,9 @@ fn write_and_verify(
     {
         let e = Error::new(
             Code::ChecksumMismatch,
-            format!("MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"),
+            format!(
+                "MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"
+            ),
         );
         return (Err(e), Some(actual));
     }

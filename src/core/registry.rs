@@ -326,7 +326,14 @@ impl Registry {
 
     /// Recent MD5 checks, newest first.
     pub fn checks(&self) -> Vec<CheckInfo> {
-        self.inner.lock().unwrap().checks.iter().rev().cloned().collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .checks
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
     }
 
     fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<String>) {

@@ -250,13 +250,35 @@ impl GetFile {
     }
 }
 
+/// What a path turned out to be when opened for download.
+pub enum Opened {
+    /// A regular file, ready to stream.
+    File(Box<GetFile>),
+    /// A directory, listed.
+    Dir(Vec<crate::core::files::Entry>),
+}
+
 impl Files {
+    /// Opens `raw` for download, or lists it when it is a directory.
+    pub async fn open_path(&self, actor: &Actor, raw: &str) -> Result<Opened> {
+        match self.open_inner(actor, raw).await? {
+            Some(f) => Ok(Opened::File(Box::new(f))),
+            None => Ok(Opened::Dir(self.list(raw).await?)),
+        }
+    }
+
     /// Opens `raw` for download: confined, regular files only, with the stored (or computed) MD5.
     pub async fn open_get(&self, actor: &Actor, raw: &str) -> Result<GetFile> {
+        self.open_inner(actor, raw)
+            .await?
+            .ok_or_else(|| Error::bad_request(format!("{}: is a directory", raw.trim_matches('/'))))
+    }
+
+    async fn open_inner(&self, actor: &Actor, raw: &str) -> Result<Option<GetFile>> {
         let rel = RelPath::parse(raw)?;
         let this = self.clone();
         let rel2 = rel.clone();
-        let (file, key, md5) = blocking(move || {
+        let opened = blocking(move || {
             let rel = rel2;
             // Non-blocking open, so a FIFO or device cannot hang the open; non-regular files
             // are refused below (and O_NONBLOCK changes nothing for a regular file's reads).
@@ -273,23 +295,23 @@ impl Files {
                 .into_std();
             let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
             if meta.is_dir() {
-                return Err(Error::bad_request(format!("{rel}: is a directory")));
+                return Ok(None);
             }
             if !meta.is_file() {
                 return Err(Error::bad_request(format!("{rel}: not a regular file")));
             }
             let (key, md5) = this.digest_of(&rel, &file)?;
-            Ok((file, key, md5))
+            Ok(Some((file, key, md5)))
         })
         .await?;
-        Ok(GetFile {
+        Ok(opened.map(|(file, key, md5)| GetFile {
             files: self.clone(),
             actor: actor.clone(),
             path: rel.as_str().to_string(),
             file,
             key,
             md5,
-        })
+        }))
     }
 
     /// Opens `raw` for download from `offset`, with chunks of at most `chunk` bytes.

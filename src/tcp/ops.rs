@@ -199,7 +199,10 @@ async fn get(s: &StreamCtx, path: &str, offset: u64) -> Result<(), Error> {
 
 async fn put(s: &mut StreamCtx, path: &str, size: u64, md5: Option<String>) -> Result<(), Error> {
     let core = s.shared.core.clone();
-    let mut sink = core.files.put(&s.shared.actor, path, Some(size), md5).await?;
+    let mut sink = core
+        .files
+        .put(&s.shared.actor, path, Some(size), md5)
+        .await?;
     while sink.remaining() > 0 {
         let frame = tokio::select! {
             f = s.inbound.recv() => f,

@@ -15,6 +15,8 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub struct TestServer {
     /// The TCP address, `127.0.0.1:PORT`.
     pub addr: String,
+    /// The HTTP base URL, `http://127.0.0.1:PORT`.
+    pub http: String,
     /// The shared core, for reading the registry and the audit.
     pub core: Core,
     /// The served root.
@@ -32,6 +34,10 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         root,
         data_dir: data,
         tcp_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        max_body: 64 << 30,
+        max_requests: 1024,
+        request_timeout: 30,
         token: None,
         max_connections: 1024,
         max_frame: 1 << 20,
@@ -60,12 +66,14 @@ impl TestServer {
         let mut cfg = config(root.path().to_path_buf(), data.path().to_path_buf());
         tweak(&mut cfg);
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();
-        let running = ferry::server::start(cfg, Listeners { tcp }, shutdown.clone())
+        let running = ferry::server::start(cfg, Listeners { tcp, http }, shutdown.clone())
             .await
             .unwrap();
         TestServer {
             addr: running.tcp_addr.to_string(),
+            http: format!("http://{}", running.http_addr),
             core: running.core.clone(),
             root: root.path().canonicalize().unwrap(),
             data: data.path().to_path_buf(),
@@ -73,6 +81,24 @@ impl TestServer {
             running: Some(running),
             _dirs: (root, data),
         }
+    }
+
+    /// The full URL of `path` on the HTTP plane.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    /// An HTTP client that sends the token on every request.
+    pub fn web(&self) -> reqwest::Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {TOKEN}").parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap()
     }
 
     /// A fresh authenticated client connection.

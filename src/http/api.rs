@@ -1,0 +1,173 @@
+//! The JSON API: listings, live sessions, transfers and checks, the audit log, events, metrics.
+
+use crate::core::Core;
+use crate::core::audit::Actor;
+use crate::core::registry::{RegistryEvent, TransferState};
+use crate::http::ApiError;
+use crate::http::files::Listing;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The OpenAPI 3 document of the REST plane.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /healthz`: liveness, without auth.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(core): State<Core>) -> Response {
+    let mut resp = core.registry.metrics().render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// `GET /api/v1/openapi.json`.
+pub async fn openapi() -> Response {
+    let mut resp = OPENAPI.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Query of `/api/v1/files`.
+#[derive(Deserialize)]
+pub struct PathQuery {
+    /// Directory under the root (the root if absent).
+    #[serde(default)]
+    pub path: String,
+}
+
+/// `GET /api/v1/files?path=DIR`: a directory's entries with sizes, mtimes and MD5s.
+pub async fn list(
+    State(core): State<Core>,
+    Query(q): Query<PathQuery>,
+) -> Result<Json<Listing>, ApiError> {
+    let entries = core.files.list(&q.path).await?;
+    Ok(Json(Listing {
+        path: q.path.trim_matches('/').to_string(),
+        entries,
+    }))
+}
+
+/// `GET /api/v1/sessions`: live sessions of every transport.
+pub async fn sessions(State(core): State<Core>) -> Json<serde_json::Value> {
+    Json(json!({ "sessions": core.registry.sessions() }))
+}
+
+/// `GET /api/v1/transfers`: active transfers, then recent ones.
+pub async fn transfers(State(core): State<Core>) -> Json<serde_json::Value> {
+    Json(json!({ "transfers": core.registry.transfers() }))
+}
+
+/// `GET /api/v1/checks`: recent MD5 checks, newest first.
+pub async fn checks(State(core): State<Core>) -> Json<serde_json::Value> {
+    Json(json!({ "checks": core.registry.checks() }))
+}
+
+/// Query of `/api/v1/audit`.
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    /// Most entries (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// Only entries strictly older than this, unix ms (the `next_before` of the previous page).
+    pub before: Option<i64>,
+}
+
+/// `GET /api/v1/audit?limit=&before=`: the audit log, newest first, paged.
+pub async fn audit(
+    State(core): State<Core>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    // Entries still in the writer's queue are part of the log: flush them first.
+    core.audit.flush().await;
+    let entries = core.audit.recent(limit, q.before).await?;
+    let next_before = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.at))
+        .flatten();
+    Ok(Json(
+        json!({ "entries": entries, "next_before": next_before }),
+    ))
+}
+
+/// `GET /api/v1/events`: server-sent events. First a `snapshot` of sessions, transfers and
+/// checks; then `session_started`, `session_ended`, `transfer` and `check` as they happen, and
+/// `progress` (the active transfers) every second while any is moving.
+pub async fn events(
+    State(core): State<Core>,
+    axum::Extension(_actor): axum::Extension<Actor>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = core.registry.subscribe();
+    let snapshot = json!({
+        "sessions": core.registry.sessions(),
+        "transfers": core.registry.transfers(),
+        "checks": core.registry.checks(),
+    });
+    let first = Event::default()
+        .event("snapshot")
+        .data(snapshot.to_string());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (core, rx, tick, Some(first));
+    let stream =
+        futures_util::stream::unfold(state, |(core, mut rx, mut tick, first)| async move {
+            if let Some(ev) = first {
+                return Some((Ok(ev), (core, rx, tick, None)));
+            }
+            loop {
+                tokio::select! {
+                    r = rx.recv() => {
+                        let ev = match r {
+                            Ok(ev) => event_of(&ev),
+                            Err(RecvError::Lagged(n)) => Event::default()
+                                .event("lagged")
+                                .data(json!({ "missed": n }).to_string()),
+                            Err(RecvError::Closed) => return None,
+                        };
+                        return Some((Ok(ev), (core, rx, tick, None)));
+                    }
+                    _ = tick.tick() => {
+                        let active: Vec<_> = core
+                            .registry
+                            .transfers()
+                            .into_iter()
+                            .filter(|t| t.state == TransferState::InProgress)
+                            .collect();
+                        if !active.is_empty() {
+                            let ev = Event::default()
+                                .event("progress")
+                                .data(json!({ "transfers": active }).to_string());
+                            return Some((Ok(ev), (core, rx, tick, None)));
+                        }
+                    }
+                }
+            }
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn event_of(ev: &RegistryEvent) -> Event {
+    let name = match ev {
+        RegistryEvent::SessionStarted(_) => "session_started",
+        RegistryEvent::SessionEnded { .. } => "session_ended",
+        RegistryEvent::Transfer(_) => "transfer",
+        RegistryEvent::Check(_) => "check",
+    };
+    let data = serde_json::to_value(ev).unwrap_or_default();
+    Event::default().event(name).data(data.to_string())
+}

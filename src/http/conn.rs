@@ -1,0 +1,216 @@
+//! HTTP connections: accepted here so each one knows its peer, counts its bytes, and becomes one
+//! session once it presents a valid token.
+
+use crate::core::Core;
+use crate::core::audit::Actor;
+use crate::core::registry::{SessionCounters, SessionGuard};
+use crate::http::HttpConfig;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// One HTTP connection's state, reachable from its requests' extensions.
+pub struct ConnState {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    session: OnceLock<(Actor, Arc<SessionCounters>)>,
+    guard: Mutex<Option<SessionGuard>>,
+    opening: tokio::sync::Mutex<()>,
+    pending_in: AtomicU64,
+    pending_out: AtomicU64,
+}
+
+impl ConnState {
+    fn new(peer: SocketAddr) -> Self {
+        ConnState {
+            peer,
+            session: OnceLock::new(),
+            guard: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            pending_in: AtomicU64::new(0),
+            pending_out: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection's session, opened on its first authenticated request.
+    pub async fn session(&self, core: &Core) -> Actor {
+        if let Some((actor, _)) = self.session.get() {
+            return actor.clone();
+        }
+        let _one = self.opening.lock().await;
+        if let Some((actor, _)) = self.session.get() {
+            return actor.clone();
+        }
+        let (actor, guard) = core.open_session("http", self.peer.to_string()).await;
+        let counters = guard.counters.clone();
+        // Bytes of the requests before this one belong to the session too.
+        counters.add_in(self.pending_in.swap(0, Ordering::Relaxed));
+        counters.add_out(self.pending_out.swap(0, Ordering::Relaxed));
+        *self.guard.lock().unwrap() = Some(guard);
+        let _ = self.session.set((actor.clone(), counters));
+        actor
+    }
+
+    fn count_in(&self, n: u64) {
+        match self.session.get() {
+            Some((_, c)) => c.add_in(n),
+            None => {
+                self.pending_in.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn count_out(&self, n: u64) {
+        match self.session.get() {
+            Some((_, c)) => c.add_out(n),
+            None => {
+                self.pending_out.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A socket that counts the bytes it moves into its connection's session.
+struct Counted {
+    sock: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.sock).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.state.count_in(n as u64);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.sock).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.state.count_out(n as u64);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.sock).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.state.count_out(n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.sock.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.sock).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.sock).poll_shutdown(cx)
+    }
+}
+
+pub(super) async fn accept_loop(
+    core: Core,
+    cfg: HttpConfig,
+    app: Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .max_buf_size(64 * 1024);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = sock.set_nodelay(true);
+        let state = Arc::new(ConnState::new(peer));
+        let io = TokioIo::new(Counted {
+            sock,
+            state: state.clone(),
+        });
+        let app = app.clone();
+        let state2 = state.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(state2.clone());
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = http.serve_connection(io, svc).with_upgrades();
+        let (core, shutdown, kill) = (core.clone(), shutdown.clone(), kill.clone());
+        tracker.spawn(async move {
+            tokio::pin!(conn);
+            let reason = tokio::select! {
+                r = conn.as_mut() => closed(r),
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close; `kill` cuts it at the deadline.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = conn.as_mut() => closed(r),
+                        _ = kill.cancelled() => "server shutdown",
+                    }
+                }
+            };
+            let guard = state.guard.lock().unwrap().take();
+            if let (Some((actor, _)), Some(guard)) = (state.session.get(), guard) {
+                core.close_session(actor, guard, reason).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn closed(r: Result<(), hyper::Error>) -> &'static str {
+    match r {
+        Ok(()) => "closed",
+        Err(e) if e.is_timeout() => "header timeout",
+        Err(_) => "connection error",
+    }
+}

@@ -1,0 +1,110 @@
+//! The HTTP form of the core's errors: `{"error": {"code", "message"}}` with a status per code.
+
+use crate::core::error::{Code, Error};
+use axum::body::Body;
+use axum::http::{HeaderValue, Response, StatusCode, header};
+use axum::response::IntoResponse;
+
+/// An error as the HTTP plane answers it.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError(Error::new(code, message))
+    }
+}
+
+/// The one mapping from error codes to HTTP statuses.
+pub fn status_of(code: Code) -> StatusCode {
+    match code {
+        Code::Unauthorized => StatusCode::UNAUTHORIZED,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::ForbiddenPath => StatusCode::FORBIDDEN,
+        Code::ChecksumMismatch | Code::BadRequest => StatusCode::BAD_REQUEST,
+        Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Code::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Cancelled | Code::Conflict => StatusCode::CONFLICT,
+        Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The code for a status that did not come from ferry's own handlers (router, limits, extractors).
+fn code_of(status: StatusCode) -> Code {
+    match status {
+        StatusCode::UNAUTHORIZED => Code::Unauthorized,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::FORBIDDEN => Code::ForbiddenPath,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::TooLarge,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::Timeout,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => Code::Busy,
+        StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+        StatusCode::CONFLICT => Code::Conflict,
+        StatusCode::RANGE_NOT_SATISFIABLE => Code::RangeNotSatisfiable,
+        s if s.is_server_error() => Code::Internal,
+        _ => Code::BadRequest,
+    }
+}
+
+/// The JSON body of an error.
+pub fn error_body(code: Code, message: &str) -> String {
+    serde_json::json!({ "error": { "code": code.as_str(), "message": message } }).to_string()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let status = status_of(self.0.code);
+        let mut resp = Response::new(Body::from(error_body(self.0.code, &self.0.message)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ferry\""),
+            );
+        }
+        resp
+    }
+}
+
+/// Rewrites error answers that did not come from ferry's handlers (an unknown route, a wrong
+/// method, a body over the limit, a rejected JSON body, a timeout) into the JSON error form.
+pub async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    let mut out = ApiError::new(code_of(status), message).into_response();
+    *out.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,356 @@
+//! `/files/{path}`: downloads with checksum headers and ranges, verified uploads, deletes.
+
+use crate::core::Core;
+use crate::core::audit::Actor;
+use crate::core::checksum::is_md5_hex;
+use crate::core::error::{Code, Error};
+use crate::core::files::Entry;
+use crate::core::transfer::{GetFile, GetStream, Opened};
+use crate::http::ApiError;
+use crate::http::range::{Conditions, Plan, Validators, plan};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Chunk size of HTTP downloads.
+const CHUNK: usize = 256 * 1024;
+
+/// `X-Checksum-Md5`: the MD5 hex a user compares with `md5sum`.
+pub static X_CHECKSUM_MD5: HeaderName = HeaderName::from_static("x-checksum-md5");
+/// `Repr-Digest` (RFC 9530).
+pub static REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
+/// `Content-Digest` (RFC 9530).
+pub static CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+/// `Content-MD5` (RFC 1864).
+pub static CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
+
+/// A directory listing as JSON.
+#[derive(Serialize)]
+pub struct Listing {
+    /// The directory, relative to the root.
+    pub path: String,
+    /// Its entries, sorted by name.
+    pub entries: Vec<Entry>,
+}
+
+/// `GET`/`HEAD /files/` : the root's listing.
+pub async fn get_root(
+    state: State<Core>,
+    actor: axum::Extension<Actor>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    get_file(state, actor, method, headers, Path(String::new())).await
+}
+
+/// `GET`/`HEAD /files/{path}`: a file with its MD5 headers (ranges and conditionals honoured),
+/// or a directory's listing.
+pub async fn get_file(
+    State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    method: Method,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = match core.files.open_path(&actor, &path).await? {
+        Opened::Dir(entries) => {
+            let path = path.trim_matches('/').to_string();
+            return Ok(Json(Listing { path, entries }).into_response());
+        }
+        Opened::File(f) => f,
+    };
+    let etag = format!("\"{}\"", file.md5);
+    let mtime_s = u64::try_from(file.mtime_ms() / 1000).unwrap_or(0);
+    let v = Validators {
+        etag: &etag,
+        mtime_s,
+        size: file.size(),
+    };
+    let h = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let c = Conditions {
+        if_none_match: h(header::IF_NONE_MATCH),
+        if_modified_since: h(header::IF_MODIFIED_SINCE),
+        range: h(header::RANGE),
+        if_range: h(header::IF_RANGE),
+    };
+    let plan = plan(c, v);
+    let mut resp = match plan {
+        Plan::NotModified => Response::new(Body::empty()),
+        Plan::Unsatisfiable => ApiError::new(
+            Code::RangeNotSatisfiable,
+            format!(
+                "range {} is outside the file ({} bytes)",
+                c.range.unwrap_or(""),
+                file.size()
+            ),
+        )
+        .into_response(),
+        Plan::Full => body(&method, *file, 0, None)?,
+        Plan::Partial { start, len } => body(&method, *file, start, Some(len))?,
+    };
+    let size = v.size;
+    let hm = resp.headers_mut();
+    let status = match plan {
+        Plan::NotModified => StatusCode::NOT_MODIFIED,
+        Plan::Unsatisfiable => {
+            hm.insert(header::CONTENT_RANGE, value(format!("bytes */{size}")));
+            StatusCode::RANGE_NOT_SATISFIABLE
+        }
+        Plan::Full => {
+            hm.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            StatusCode::OK
+        }
+        Plan::Partial { start, len } => {
+            let end = start + len - 1;
+            hm.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            hm.insert(
+                header::CONTENT_RANGE,
+                value(format!("bytes {start}-{end}/{size}")),
+            );
+            StatusCode::PARTIAL_CONTENT
+        }
+    };
+    if status != StatusCode::RANGE_NOT_SATISFIABLE {
+        let mime = mime_guess::from_path(&path).first_or_octet_stream();
+        hm.insert(header::CONTENT_TYPE, value(mime.to_string()));
+    }
+    let md5_hex = etag.trim_matches('"').to_string();
+    checksum_headers(hm, &md5_hex);
+    hm.insert(header::ETAG, value(etag));
+    hm.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let modified = UNIX_EPOCH + Duration::from_secs(mtime_s);
+    hm.insert(
+        header::LAST_MODIFIED,
+        value(httpdate::fmt_http_date(modified)),
+    );
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+fn value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).expect("header values built here are ASCII")
+}
+
+/// Sets the whole file's MD5 in its three forms.
+pub fn checksum_headers(h: &mut HeaderMap, md5_hex: &str) {
+    h.insert(X_CHECKSUM_MD5.clone(), value(md5_hex.to_string()));
+    if let Ok(raw) = hex::decode(md5_hex) {
+        h.insert(
+            REPR_DIGEST.clone(),
+            value(format!("md5=:{}:", B64.encode(raw))),
+        );
+    }
+}
+
+/// The body of a download: nothing for HEAD (and no transfer recorded), else the bytes.
+fn body(
+    method: &Method,
+    file: GetFile,
+    start: u64,
+    len: Option<u64>,
+) -> Result<Response, ApiError> {
+    if method == Method::HEAD {
+        return Ok(Response::new(Body::empty()));
+    }
+    let stream = file.stream(start, len, CHUNK)?;
+    let body = futures_util::stream::unfold(Sending(Some(stream)), |mut s| async move {
+        let stream = s.0.as_mut()?;
+        match stream.next_chunk().await {
+            Ok(Some(b)) => Some((Ok::<Bytes, Error>(b), s)),
+            Ok(None) => {
+                let end = s.0.take()?.finish().await;
+                if end.changed {
+                    // The client gets fewer or other bytes than the headers promised: cut the
+                    // connection so it cannot mistake them for the file.
+                    Some((Err(Error::internal("file changed while it was sent")), s))
+                } else {
+                    None
+                }
+            }
+            Err(e) => {
+                if let Some(g) = s.0.take() {
+                    g.abort(false).await;
+                }
+                Some((Err(e), s))
+            }
+        }
+    });
+    Ok(Response::new(Body::from_stream(body)))
+}
+
+/// A download being sent; if the client goes away first, the transfer is recorded as failed.
+struct Sending(Option<GetStream>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            tokio::spawn(g.abort(false));
+        }
+    }
+}
+
+/// The client's MD5 of an upload, from any of the headers that carry one; they must agree.
+pub fn expected_md5(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut found: Vec<(String, &str)> = Vec::new();
+    let bad = |what: &str| ApiError::new(Code::BadRequest, format!("{what} is not a valid MD5"));
+    if let Some(v) = headers.get(&CONTENT_MD5) {
+        let raw = v
+            .to_str()
+            .ok()
+            .and_then(|s| B64.decode(s.trim()).ok())
+            .filter(|r| r.len() == 16)
+            .ok_or_else(|| bad("Content-MD5 (base64 of 16 bytes)"))?;
+        found.push((hex::encode(raw), "Content-MD5"));
+    }
+    if let Some(v) = headers.get(&X_CHECKSUM_MD5) {
+        let s = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        if !is_md5_hex(&s) {
+            return Err(bad("X-Checksum-Md5 (32 hex digits)"));
+        }
+        found.push((s, "X-Checksum-Md5"));
+    }
+    for name in [&REPR_DIGEST, &CONTENT_DIGEST] {
+        let Some(v) = headers.get(name) else { continue };
+        let s = v.to_str().map_err(|_| bad(name.as_str()))?;
+        // A dictionary like `sha-256=:...:, md5=:...:`; only md5 is checked.
+        for member in s.split(',') {
+            let Some((alg, val)) = member.trim().split_once('=') else {
+                continue;
+            };
+            if alg.trim().eq_ignore_ascii_case("md5") {
+                let raw = val
+                    .trim()
+                    .strip_prefix(':')
+                    .and_then(|v| v.strip_suffix(':'))
+                    .and_then(|v| B64.decode(v).ok())
+                    .filter(|r| r.len() == 16)
+                    .ok_or_else(|| bad(name.as_str()))?;
+                found.push((hex::encode(raw), name.as_str()));
+            }
+        }
+    }
+    let Some((first, _)) = found.first() else {
+        return Ok(None);
+    };
+    if let Some((_, which)) = found.iter().find(|(m, _)| m != first) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("{which} disagrees with {}", found[0].1),
+        ));
+    }
+    Ok(Some(first.clone()))
+}
+
+/// The declared body length, if any.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Maps a body read error: over the size limit, or the client went away.
+pub fn body_error(e: axum::Error) -> Error {
+    let inner = e.into_inner();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return Error::new(Code::TooLarge, "the body is over the server's size limit");
+        }
+        source = err.source();
+    }
+    Error::new(Code::Cancelled, format!("the upload was cut off: {inner}"))
+}
+
+/// Answer of a finished upload.
+#[derive(Serialize)]
+struct Stored {
+    path: String,
+    size: u64,
+    md5: String,
+}
+
+/// `PUT /files/{path}`: streams the body into a temp file, verifies, renames into place.
+pub async fn put_file(
+    State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let md5 = expected_md5(&headers)?;
+    let size = content_length(&headers);
+    let mut sink = core.files.put(&actor, &path, size, md5).await?;
+    let mut data = body.into_data_stream();
+    while let Some(chunk) = data.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let err = body_error(e);
+                sink.abort(err.code == Code::Cancelled).await;
+                return Err(err.into());
+            }
+        };
+        if let Err(e) = sink.write(chunk).await {
+            sink.abort(false).await;
+            return Err(e.into());
+        }
+    }
+    let done = sink.finish().await?;
+    let mut resp = if done.created {
+        let rel = path.trim_matches('/').to_string();
+        let mut r = (
+            StatusCode::CREATED,
+            Json(Stored {
+                path: rel.clone(),
+                size: done.size,
+                md5: done.md5.clone(),
+            }),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::LOCATION, value(file_url(&rel)));
+        r
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    checksum_headers(resp.headers_mut(), &done.md5);
+    resp.headers_mut()
+        .insert(header::ETAG, value(format!("\"{}\"", done.md5)));
+    Ok(resp)
+}
+
+/// The URL path of a file under `/files/`, percent-encoded.
+pub fn file_url(rel: &str) -> String {
+    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+    const SEGMENT: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    format!("/files/{}", utf8_percent_encode(rel, SEGMENT))
+}
+
+/// `DELETE /files/{path}`: a file, a symlink or an empty directory.
+pub async fn delete_file(
+    State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(path): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    core.files.delete(&actor, &path).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

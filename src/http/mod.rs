@@ -1,0 +1,63 @@
+//! The HTTP transport (axum): files with checksum headers, uploads, exec and the JSON API.
+//!
+//! A thin adapter like the TCP one: it authenticates, calls the core and encodes. Each
+//! connection that presents a valid token becomes one session (transport `http`).
+
+mod api;
+mod auth;
+mod conn;
+mod error;
+mod exec;
+mod files;
+pub mod range;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::{ROUTES, router};
+
+use crate::core::Core;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Limits of the HTTP transport.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body (uploads included), in bytes.
+    pub max_body: u64,
+    /// Most requests handled at once; more get 503 `busy` at once.
+    pub max_requests: usize,
+    /// Longest time for an API request (not for file transfers, exec or event streams).
+    pub request_timeout: Duration,
+    /// Longest time a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// Most connections at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body: 64 << 30,
+            max_requests: 1024,
+            request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown`; connections run on `tracker`, and `kill` drops
+/// them all at once.
+pub async fn serve(
+    core: Core,
+    cfg: HttpConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let app = router(core.clone(), &cfg);
+    conn::accept_loop(core, cfg, app, listener, shutdown, kill, tracker).await;
+}

@@ -1,0 +1,101 @@
+//! The route table and the tower layers around it.
+
+use crate::core::Core;
+use crate::core::error::Code;
+use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files};
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get, post};
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// Every route as `(method, path)`, in axum's path syntax; the OpenAPI document lists each one
+/// (a test holds them together), and building the router refuses a path missing here.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/files/"),
+    ("HEAD", "/files/"),
+    ("GET", "/files/{*path}"),
+    ("HEAD", "/files/{*path}"),
+    ("PUT", "/files/{*path}"),
+    ("DELETE", "/files/{*path}"),
+    ("POST", "/api/v1/exec"),
+    ("GET", "/api/v1/files"),
+    ("GET", "/api/v1/sessions"),
+    ("GET", "/api/v1/transfers"),
+    ("GET", "/api/v1/checks"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/openapi.json"),
+];
+
+fn at(router: Router<Core>, path: &'static str, methods: MethodRouter<Core>) -> Router<Core> {
+    assert!(
+        ROUTES.iter().any(|(_, p)| *p == path),
+        "route {path} is missing from ROUTES and the OpenAPI document"
+    );
+    router.route(path, methods)
+}
+
+/// The whole HTTP application for `core`.
+pub fn router(core: Core, cfg: &HttpConfig) -> Router {
+    // Requests that move files or run commands take as long as they take; the rest are bounded.
+    let mut bounded = Router::new();
+    for (path, methods) in [
+        ("/api/v1/files", get(api::list)),
+        ("/api/v1/sessions", get(api::sessions)),
+        ("/api/v1/transfers", get(api::transfers)),
+        ("/api/v1/checks", get(api::checks)),
+        ("/api/v1/audit", get(api::audit)),
+        ("/api/v1/openapi.json", get(api::openapi)),
+        ("/metrics", get(api::metrics)),
+    ] {
+        bounded = at(bounded, path, methods);
+    }
+    let bounded = bounded.layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        cfg.request_timeout,
+    ));
+    let mut long = Router::new();
+    long = at(long, "/api/v1/exec", post(exec::exec));
+    long = at(long, "/api/v1/events", get(api::events));
+    long = at(long, "/files/", get(files::get_root).head(files::get_root));
+    long = at(
+        long,
+        "/files/{*path}",
+        get(files::get_file)
+            .head(files::get_file)
+            .put(files::put_file)
+            .delete(files::delete_file),
+    );
+    let authed = bounded
+        .merge(long)
+        .route_layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            auth::require_token,
+        ));
+    let open = at(Router::new(), "/healthz", get(api::healthz));
+    let overload = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::new(Code::Busy, "too many requests at once; retry shortly").into_response()
+        }))
+        .load_shed()
+        .concurrency_limit(cfg.max_requests.max(1));
+    authed
+        .merge(open)
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(RequestBodyLimitLayer::new(
+            usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
+        ))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(overload)
+        .layer(TraceLayer::new_for_http())
+        .with_state(core)
+}
