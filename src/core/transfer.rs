@@ -51,6 +51,7 @@ pub struct GetStream {
     rx: mpsc::Receiver<Chunk>,
     end: Option<bool>,
     sent: u64,
+    want: u64,
     ctx: TransferCtx,
 }
 
@@ -129,6 +130,11 @@ impl TransferCtx {
 }
 
 impl GetStream {
+    /// Data bytes still to come.
+    pub fn remaining(&self) -> u64 {
+        self.want.saturating_sub(self.sent)
+    }
+
     /// The next chunk of data, or `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         if self.end.is_some() {
@@ -238,6 +244,7 @@ impl GetFile {
             rx,
             end: None,
             sent: 0,
+            want,
             ctx: TransferCtx {
                 files: self.files,
                 actor: self.actor,

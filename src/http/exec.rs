@@ -112,8 +112,16 @@ pub async fn exec(
     State(core): State<Core>,
     axum::Extension(actor): axum::Extension<Actor>,
     headers: HeaderMap,
-    Json(req): Json<HttpExecRequest>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
+    // Any Content-Type is read as JSON: `curl -d` sends a form type. Only bearer tokens
+    // authenticate today, so a cross-site form cannot reach this.
+    let req: HttpExecRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            crate::core::error::Code::BadRequest,
+            format!("the body is not an exec request: {e}"),
+        )
+    })?;
     let streamed = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -93,8 +93,8 @@ pub async fn get_file(
             ),
         )
         .into_response(),
-        Plan::Full => body(&method, *file, 0, None)?,
-        Plan::Partial { start, len } => body(&method, *file, start, Some(len))?,
+        Plan::Full => body(&method, *file, 0, None).await?,
+        Plan::Partial { start, len } => body(&method, *file, start, Some(len)).await?,
     };
     let size = v.size;
     let hm = resp.headers_mut();
@@ -151,7 +151,7 @@ pub fn checksum_headers(h: &mut HeaderMap, md5_hex: &str) {
 }
 
 /// The body of a download: nothing for HEAD (and no transfer recorded), else the bytes.
-fn body(
+async fn body(
     method: &Method,
     file: GetFile,
     start: u64,
@@ -160,30 +160,47 @@ fn body(
     if method == Method::HEAD {
         return Ok(Response::new(Body::empty()));
     }
-    let stream = file.stream(start, len, CHUNK)?;
+    let mut stream = file.stream(start, len, CHUNK)?;
+    if stream.remaining() == 0 {
+        // Nothing to send (hyper would not poll an empty body): settle the transfer now.
+        stream.next_chunk().await?;
+        stream.finish().await;
+        return Ok(Response::new(Body::empty()));
+    }
     let body = futures_util::stream::unfold(Sending(Some(stream)), |mut s| async move {
         let stream = s.0.as_mut()?;
-        match stream.next_chunk().await {
-            Ok(Some(b)) => Some((Ok::<Bytes, Error>(b), s)),
-            Ok(None) => {
-                let end = s.0.take()?.finish().await;
-                if end.changed {
-                    // The client gets fewer or other bytes than the headers promised: cut the
-                    // connection so it cannot mistake them for the file.
-                    Some((Err(Error::internal("file changed while it was sent")), s))
-                } else {
-                    None
-                }
-            }
+        let chunk = match stream.next_chunk().await {
+            Ok(Some(b)) => b,
+            Ok(None) => return finish(s, None).await,
             Err(e) => {
                 if let Some(g) = s.0.take() {
                     g.abort(false).await;
                 }
-                Some((Err(e), s))
+                return Some((Err(e), s));
             }
+        };
+        if stream.remaining() > 0 {
+            return Some((Ok(chunk), s));
+        }
+        // The last chunk: hyper stops polling once Content-Length bytes are out, so settle the
+        // transfer (did the file change while it was read?) before handing the chunk over.
+        match stream.next_chunk().await {
+            Ok(None) => finish(s, Some(chunk)).await,
+            Ok(Some(_)) => Some((Err(Error::internal("more data than announced")), s)),
+            Err(e) => Some((Err(e), s)),
         }
     });
     Ok(Response::new(Body::from_stream(body)))
+}
+
+/// Records a download's end; yields `last` if the file did not change while it was sent, else
+/// an error that cuts the connection, so the client cannot take other bytes for the file.
+async fn finish(mut s: Sending, last: Option<Bytes>) -> Option<(Result<Bytes, Error>, Sending)> {
+    let end = s.0.take()?.finish().await;
+    if end.changed {
+        return Some((Err(Error::internal("file changed while it was sent")), s));
+    }
+    last.map(|b| (Ok(b), s))
 }
 
 /// A download being sent; if the client goes away first, the transfer is recorded as failed.

@@ -99,3 +99,38 @@ pub fn router(core: Core, cfg: &HttpConfig) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(core)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+    use crate::http::api::OPENAPI;
+
+    /// The OpenAPI document and the route table describe the same operations.
+    #[test]
+    fn openapi_lists_every_route_and_nothing_else() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented = Vec::new();
+        for (path, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routed: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.replace("{*", "{")))
+            .collect();
+        for r in &routed {
+            assert!(
+                documented.contains(r),
+                "{r:?} is routed but not in openapi.json"
+            );
+        }
+        for d in &documented {
+            assert!(
+                routed.contains(d),
+                "{d:?} is in openapi.json but not routed"
+            );
+        }
+    }
+}
