@@ -30,6 +30,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
     let (token, generated) =

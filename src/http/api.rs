@@ -3,8 +3,8 @@
 use crate::core::Core;
 use crate::core::audit::Actor;
 use crate::core::registry::{RegistryEvent, TransferState};
-use crate::http::ApiError;
 use crate::http::files::Listing;
+use crate::http::{ApiError, Shutdown};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
@@ -111,6 +111,7 @@ pub async fn audit(
 pub async fn events(
     State(core): State<Core>,
     axum::Extension(_actor): axum::Extension<Actor>,
+    axum::Extension(Shutdown(stop)): axum::Extension<Shutdown>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = core.registry.subscribe();
     let snapshot = json!({
@@ -123,14 +124,15 @@ pub async fn events(
         .data(snapshot.to_string());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (core, rx, tick, Some(first));
+    let state = (core, rx, tick, Some(first), stop);
     let stream =
-        futures_util::stream::unfold(state, |(core, mut rx, mut tick, first)| async move {
+        futures_util::stream::unfold(state, |(core, mut rx, mut tick, first, stop)| async move {
             if let Some(ev) = first {
-                return Some((Ok(ev), (core, rx, tick, None)));
+                return Some((Ok(ev), (core, rx, tick, None, stop)));
             }
             loop {
                 tokio::select! {
+                    _ = stop.cancelled() => return None,
                     r = rx.recv() => {
                         let ev = match r {
                             Ok(ev) => event_of(&ev),
@@ -139,7 +141,7 @@ pub async fn events(
                                 .data(json!({ "missed": n }).to_string()),
                             Err(RecvError::Closed) => return None,
                         };
-                        return Some((Ok(ev), (core, rx, tick, None)));
+                        return Some((Ok(ev), (core, rx, tick, None, stop)));
                     }
                     _ = tick.tick() => {
                         let active: Vec<_> = core
@@ -152,7 +154,7 @@ pub async fn events(
                             let ev = Event::default()
                                 .event("progress")
                                 .data(json!({ "transfers": active }).to_string());
-                            return Some((Ok(ev), (core, rx, tick, None)));
+                            return Some((Ok(ev), (core, rx, tick, None, stop)));
                         }
                     }
                 }

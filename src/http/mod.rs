@@ -13,7 +13,7 @@ pub mod range;
 mod routes;
 
 pub use error::ApiError;
-pub use routes::{ROUTES, router};
+pub use routes::{ROUTES, Shutdown, router};
 
 use crate::core::Core;
 use std::time::Duration;
@@ -58,6 +58,6 @@ pub async fn serve(
     kill: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let app = router(core.clone(), &cfg);
+    let app = router(core.clone(), &cfg, Shutdown(shutdown.clone()));
     conn::accept_loop(core, cfg, app, listener, shutdown, kill, tracker).await;
 }

@@ -43,8 +43,12 @@ fn at(router: Router<Core>, path: &'static str, methods: MethodRouter<Core>) -> 
     router.route(path, methods)
 }
 
+/// Cancelled when the server shuts down; endless answers (event streams) end on it.
+#[derive(Clone)]
+pub struct Shutdown(pub tokio_util::sync::CancellationToken);
+
 /// The whole HTTP application for `core`.
-pub fn router(core: Core, cfg: &HttpConfig) -> Router {
+pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     // Requests that move files or run commands take as long as they take; the rest are bounded.
     let mut bounded = Router::new();
     for (path, methods) in [
@@ -90,6 +94,7 @@ pub fn router(core: Core, cfg: &HttpConfig) -> Router {
     authed
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
+        .layer(axum::Extension(shutdown))
         .layer(DefaultBodyLimit::max(16 << 20))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
