@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Seconds transfers may go on after SIGINT/SIGTERM.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Seconds a resumable upload may stay idle before it is dropped with its temp file.
+    #[arg(long, env = "FERRY_UPLOAD_EXPIRY", default_value_t = 3600)]
+    pub upload_expiry: u64,
 }
 
 /// Parses `123`, `64K`, `1M`, `2G` (powers of 1024).
@@ -88,6 +91,7 @@ impl ServeArgs {
             "--max-frame must be between 64K and 8M"
         );
         anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
+        anyhow::ensure!(self.upload_expiry > 0, "--upload-expiry must be positive");
         Ok(ServerConfig {
             core: CoreConfig {
                 root: self.root.clone(),
@@ -98,6 +102,7 @@ impl ServeArgs {
                     max_output: self.max_output,
                     max_concurrent: self.max_concurrent_execs,
                 },
+                upload_expiry: Duration::from_secs(self.upload_expiry),
             },
             tcp: TcpConfig {
                 max_connections: self.max_connections,

@@ -16,13 +16,16 @@ pub mod paths;
 pub mod put;
 pub mod registry;
 pub mod transfer;
+pub mod uploads;
 
 use crate::core::audit::{Actor, Audit};
 use crate::core::auth::Auth;
 use crate::core::exec::{ExecLimits, Executor};
 use crate::core::files::Files;
 use crate::core::registry::{Registry, SessionGuard, new_id};
+use crate::core::uploads::Uploads;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What the core needs to start.
@@ -36,6 +39,8 @@ pub struct CoreConfig {
     pub token: String,
     /// Exec limits.
     pub exec: ExecLimits,
+    /// How long a resumable upload may stay idle before it is dropped.
+    pub upload_expiry: Duration,
 }
 
 /// The shared core; cheap to clone.
@@ -51,6 +56,8 @@ pub struct Core {
     pub audit: Audit,
     /// The token check.
     pub auth: Auth,
+    /// Resumable uploads in progress.
+    pub uploads: Uploads,
 }
 
 impl Core {
@@ -64,6 +71,7 @@ impl Core {
         let digests = digests::DigestCache::load(audit.clone()).await?;
         let registry = Registry::new();
         let files = Files::open(&cfg.root, digests, audit.clone(), registry.clone())?;
+        let uploads = Uploads::new(files.clone(), cfg.upload_expiry, shutdown.clone());
         let exec = Executor::new(files.clone(), audit.clone(), cfg.exec.clone(), shutdown);
         let core = Core {
             files,
@@ -71,6 +79,7 @@ impl Core {
             registry,
             audit,
             auth: Auth::new(&cfg.token),
+            uploads,
         };
         Ok((core, writer))
     }

@@ -26,43 +26,14 @@ impl Files {
         md5: Option<String>,
     ) -> Result<PutSink> {
         let rel = RelPath::parse(raw)?;
-        let Some((parent, name)) = rel.split() else {
-            return Err(Error::bad_request("cannot put to the root directory"));
-        };
         if let Some(m) = &md5
             && !is_md5_hex(m)
         {
             return Err(Error::bad_request("md5 must be 32 hex digits"));
         }
-        let tmp = parent.join(&format!(".{name}{TEMP_MARKER}{}", new_id()));
         let this = self.clone();
-        let (rel2, tmp2) = (rel.clone(), tmp.clone());
-        let file = blocking(move || {
-            if let Ok(meta) = this.dir.metadata(rel2.as_path())
-                && meta.is_dir()
-            {
-                return Err(Error::bad_request(format!("{rel2}: is a directory")));
-            }
-            // Resolve the parent first: a parent that is a symlink out of the root must be
-            // refused as an escape, not reported as "already exists" by create_dir_all.
-            match this.dir.metadata(parent.as_path()) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(Error::bad_request(format!("{parent}: not a directory"))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => this
-                    .dir
-                    .create_dir_all(parent.as_path())
-                    .map_err(|e| Error::io(e, parent.as_str()))?,
-                Err(e) => return Err(Error::io(e, parent.as_str())),
-            }
-            let mut opts = cap_std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            let file = this
-                .dir
-                .open_with(tmp2.as_path(), &opts)
-                .map_err(|e| Error::io(e, rel2.as_str()))?;
-            Ok(file.into_std())
-        })
-        .await?;
+        let rel2 = rel.clone();
+        let (tmp, file) = blocking(move || create_temp(&this, &rel2)).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let files = self.clone();
         let (rel3, expected) = (rel.clone(), md5.clone());
@@ -91,6 +62,39 @@ impl Files {
             commit,
         })
     }
+}
+
+/// Opens a fresh temp file next to the target `rel` (blocking): the target must not be a
+/// directory, its parent is created if missing, and everything stays inside the root. Returns
+/// the temp file's path and the file, opened for writing.
+pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<(RelPath, std::fs::File)> {
+    let Some((parent, name)) = rel.split() else {
+        return Err(Error::bad_request("cannot put to the root directory"));
+    };
+    let tmp = parent.join(&format!(".{name}{TEMP_MARKER}{}", new_id()));
+    if let Ok(meta) = files.dir.metadata(rel.as_path())
+        && meta.is_dir()
+    {
+        return Err(Error::bad_request(format!("{rel}: is a directory")));
+    }
+    // Resolve the parent first: a parent that is a symlink out of the root must be
+    // refused as an escape, not reported as "already exists" by create_dir_all.
+    match files.dir.metadata(parent.as_path()) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::bad_request(format!("{parent}: not a directory"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => files
+            .dir
+            .create_dir_all(parent.as_path())
+            .map_err(|e| Error::io(e, parent.as_str()))?,
+        Err(e) => return Err(Error::io(e, parent.as_str())),
+    }
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    let file = files
+        .dir
+        .open_with(tmp.as_path(), &opts)
+        .map_err(|e| Error::io(e, rel.as_str()))?;
+    Ok((tmp, file.into_std()))
 }
 
 /// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
@@ -238,7 +242,7 @@ fn write_loop(
 }
 
 /// Renames the verified temp file into place durably and stores its digest.
-fn commit_file(
+pub(crate) fn commit_file(
     files: &Files,
     file: std::fs::File,
     rel: &RelPath,

@@ -303,6 +303,11 @@ pub async fn put_file(
     Path(path): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if crate::http::uploads::upload_complete(&headers).is_some() {
+        // A PUT that offers to become resumable (draft-ietf-httpbis-resumable-upload).
+        let (state, actor) = (State(core), axum::Extension(actor));
+        return crate::http::uploads::create(state, actor, headers, Path(path), body).await;
+    }
     let md5 = expected_md5(&headers)?;
     let size = content_length(&headers);
     let mut sink = core.files.put(&actor, &path, size, md5).await?;

@@ -11,6 +11,7 @@ mod exec;
 mod files;
 pub mod range;
 mod routes;
+mod uploads;
 
 pub use error::ApiError;
 pub use routes::{ROUTES, Shutdown, router};

@@ -2,13 +2,13 @@
 
 use crate::core::Core;
 use crate::core::error::Code;
-use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files};
+use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, uploads};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, head, post};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -24,7 +24,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/files/{*path}"),
     ("HEAD", "/files/{*path}"),
     ("PUT", "/files/{*path}"),
+    ("POST", "/files/{*path}"),
     ("DELETE", "/files/{*path}"),
+    ("HEAD", "/uploads/{id}"),
+    ("PATCH", "/uploads/{id}"),
+    ("DELETE", "/uploads/{id}"),
     ("POST", "/api/v1/exec"),
     ("GET", "/api/v1/files"),
     ("GET", "/api/v1/sessions"),
@@ -76,7 +80,15 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         get(files::get_file)
             .head(files::get_file)
             .put(files::put_file)
+            .post(uploads::create)
             .delete(files::delete_file),
+    );
+    long = at(
+        long,
+        "/uploads/{id}",
+        head(uploads::status)
+            .patch(uploads::append)
+            .delete(uploads::cancel),
     );
     let authed = bounded
         .merge(long)

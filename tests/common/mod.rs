@@ -46,6 +46,7 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         max_concurrent_execs: 64,
         hello_timeout: 10,
         shutdown_grace: 5,
+        upload_expiry: 3600,
     }
     .to_config(TOKEN.to_string())
     .unwrap();
