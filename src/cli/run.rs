@@ -103,6 +103,7 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         env,
         timeout_ms: a.timeout.map(|s| s.saturating_mul(1000)),
         stdin: false,
+        max_output: None,
     };
     let stdin = (!a.no_stdin && !std::io::stdin().is_terminal()).then(tokio::io::stdin);
     match client.exec(req, stdin, |k, b| print_output(k, &b)).await {

@@ -49,6 +49,9 @@ pub struct ExecRequest {
     /// Whether the client streams stdin (else stdin is closed).
     #[serde(default)]
     pub stdin: bool,
+    /// A lower output cap for this command, set by a transport that buffers the output.
+    #[serde(skip)]
+    pub max_output: Option<u64>,
 }
 
 impl ExecRequest {
@@ -255,7 +258,9 @@ impl Executor {
             tx
         });
         let cap = Arc::new(OutputCap {
-            max: self.limits.max_output,
+            max: req
+                .max_output
+                .map_or(self.limits.max_output, |m| m.min(self.limits.max_output)),
             used: AtomicU64::new(0),
             truncated: AtomicBool::new(false),
             hit: Notify::new(),

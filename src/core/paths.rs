@@ -1,6 +1,7 @@
 //! Client paths: cleaned into a relative path below the root, or refused.
 
 use crate::core::error::{Error, Result};
+use crate::core::files::TEMP_MARKER;
 use std::path::PathBuf;
 
 /// Longest path accepted, as Linux's PATH_MAX.
@@ -37,6 +38,12 @@ impl RelPath {
             match part {
                 "" | "." => {}
                 ".." => return Err(Error::forbidden(format!("{raw}: `..` is refused"))),
+                // In-progress uploads are ferry's own: never read, replaced or removed by name.
+                p if p.contains(TEMP_MARKER) => {
+                    return Err(Error::forbidden(format!(
+                        "{raw}: names containing {TEMP_MARKER} are reserved for uploads in progress"
+                    )));
+                }
                 p if p.len() > 255 => {
                     return Err(Error::bad_request(
                         "a path component is longer than 255 bytes",

@@ -74,7 +74,16 @@ struct Collected {
     exit: Exit,
 }
 
-async fn start(core: &Core, actor: &Actor, req: HttpExecRequest) -> Result<ExecHandle, ApiError> {
+/// Most output a JSON (not streamed) answer holds; past it the command is killed and the answer
+/// says `truncated`. NDJSON streams have the server's whole `--max-output`.
+pub const BUFFERED_OUTPUT: u64 = 16 << 20;
+
+async fn start(
+    core: &Core,
+    actor: &Actor,
+    req: HttpExecRequest,
+    streamed: bool,
+) -> Result<ExecHandle, ApiError> {
     let HttpExecRequest {
         cmd,
         argv,
@@ -94,6 +103,7 @@ async fn start(core: &Core, actor: &Actor, req: HttpExecRequest) -> Result<ExecH
                 env,
                 timeout_ms,
                 stdin: stdin.is_some(),
+                max_output: (!streamed).then_some(BUFFERED_OUTPUT),
             },
         )
         .await?;
@@ -126,7 +136,7 @@ pub async fn exec(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
-    let mut handle = start(&core, &actor, req).await?;
+    let mut handle = start(&core, &actor, req, streamed).await?;
     if streamed {
         let lines = futures_util::stream::unfold(Lines::new(handle), |mut l| async move {
             let line = l.next().await?;
