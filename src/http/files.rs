@@ -93,8 +93,8 @@ pub async fn get_file(
             ),
         )
         .into_response(),
-        Plan::Full => body(&method, *file, 0, None)?,
-        Plan::Partial { start, len } => body(&method, *file, start, Some(len))?,
+        Plan::Full => body(&method, *file, 0, None).await?,
+        Plan::Partial { start, len } => body(&method, *file, start, Some(len)).await?,
     };
     let size = v.size;
     let hm = resp.headers_mut();
@@ -151,7 +151,11 @@ pub fn checksum_headers(h: &mut HeaderMap, md5_hex: &str) {
 }
 
 /// The body of a download: nothing for HEAD (and no transfer recorded), else the bytes.
-fn body(
+///
+/// hyper stops polling a body once it has written the `Content-Length` it announced, so the
+/// end of the transfer is settled together with its last chunk (the disk thread's end marker
+/// follows that chunk at once), not on a poll after it that never comes.
+async fn body(
     method: &Method,
     file: GetFile,
     start: u64,
@@ -160,30 +164,62 @@ fn body(
     if method == Method::HEAD {
         return Ok(Response::new(Body::empty()));
     }
+    let left = len.unwrap_or(file.size() - start);
     let stream = file.stream(start, len, CHUNK)?;
-    let body = futures_util::stream::unfold(Sending(Some(stream)), |mut s| async move {
+    let mut sending = Sending(Some(stream));
+    if left == 0 {
+        // No chunk will be asked for: settle now.
+        settle(&mut sending).await?;
+        return Ok(Response::new(Body::empty()));
+    }
+    let body = futures_util::stream::unfold((sending, left), |(mut s, left)| async move {
         let stream = s.0.as_mut()?;
         match stream.next_chunk().await {
-            Ok(Some(b)) => Some((Ok::<Bytes, Error>(b), s)),
-            Ok(None) => {
-                let end = s.0.take()?.finish().await;
-                if end.changed {
+            Ok(Some(b)) => {
+                let left = left.saturating_sub(b.len() as u64);
+                if left == 0
+                    && let Err(e) = settle(&mut s).await
+                {
                     // The client gets fewer or other bytes than the headers promised: cut the
                     // connection so it cannot mistake them for the file.
-                    Some((Err(Error::internal("file changed while it was sent")), s))
-                } else {
-                    None
+                    return Some((Err(e), (s, left)));
                 }
+                Some((Ok::<Bytes, Error>(b), (s, left)))
             }
+            // The file shrank: fewer bytes than announced.
+            Ok(None) => settle(&mut s).await.err().map(|e| (Err(e), (s, left))),
             Err(e) => {
                 if let Some(g) = s.0.take() {
                     g.abort(false).await;
                 }
-                Some((Err(e), s))
+                Some((Err(e), (s, left)))
             }
         }
     });
     Ok(Response::new(Body::from_stream(body)))
+}
+
+/// Ends a download whose bytes have all been handed over: reads the end marker and records the
+/// transfer; an error if the file changed while it was read.
+async fn settle(s: &mut Sending) -> Result<(), Error> {
+    let Some(mut g) = s.0.take() else {
+        return Ok(());
+    };
+    let changed = match g.next_chunk().await {
+        Ok(None) => g.finish().await.changed,
+        Ok(Some(_)) => {
+            g.abort(false).await;
+            return Err(Error::internal("more bytes than announced"));
+        }
+        Err(e) => {
+            g.abort(false).await;
+            return Err(e);
+        }
+    };
+    if changed {
+        return Err(Error::internal("file changed while it was sent"));
+    }
+    Ok(())
 }
 
 /// A download being sent; if the client goes away first, the transfer is recorded as failed.
