@@ -331,7 +331,8 @@ pub async fn put_file(
             Ok(c) => c,
             Err(e) => {
                 let err = body_error(e);
-                sink.abort(err.code == Code::Cancelled).await;
+                // A body cut off is a disconnect, as on TCP: the transfer failed (not cancelled).
+                sink.abort(false).await;
                 return Err(err.into());
             }
         };
