@@ -20,6 +20,11 @@ pub struct RelPath {
 impl RelPath {
     /// Cleans `raw`: drops empty and `.` components; refuses absolute paths, `..` and NUL.
     pub fn parse(raw: &str) -> Result<RelPath> {
+        Self::parse_with(raw, false)
+    }
+
+    /// Like `parse`; `reserved` also admits the names of uploads in progress (ferry's own use).
+    fn parse_with(raw: &str, reserved: bool) -> Result<RelPath> {
         if raw.contains('\0') {
             return Err(Error::forbidden("path contains a NUL byte"));
         }
@@ -39,7 +44,7 @@ impl RelPath {
                 "" | "." => {}
                 ".." => return Err(Error::forbidden(format!("{raw}: `..` is refused"))),
                 // In-progress uploads are ferry's own: never read, replaced or removed by name.
-                p if p.contains(TEMP_MARKER) => {
+                p if !reserved && p.contains(TEMP_MARKER) => {
                     return Err(Error::forbidden(format!(
                         "{raw}: names containing {TEMP_MARKER} are reserved for uploads in progress"
                     )));
@@ -83,15 +88,16 @@ impl RelPath {
             None if self.display.is_empty() => return None,
             None => ("", self.display.as_str()),
         };
-        Some((RelPath::parse(parent).ok()?, name))
+        Some((RelPath::parse_with(parent, true).ok()?, name))
     }
 
     /// Joins a child name.
     pub fn join(&self, name: &str) -> RelPath {
         if self.is_root() {
-            RelPath::parse(name).unwrap_or_else(|_| self.clone())
+            RelPath::parse_with(name, true).unwrap_or_else(|_| self.clone())
         } else {
-            RelPath::parse(&format!("{}/{}", self.display, name)).unwrap_or_else(|_| self.clone())
+            RelPath::parse_with(&format!("{}/{}", self.display, name), true)
+                .unwrap_or_else(|_| self.clone())
         }
     }
 }

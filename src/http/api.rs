@@ -82,24 +82,46 @@ pub async fn checks(State(core): State<Core>) -> Json<serde_json::Value> {
 /// Query of `/api/v1/audit`.
 #[derive(Deserialize)]
 pub struct AuditQuery {
-    /// Most entries (default 100, at most 1000).
+    /// Most entries (default 100, at most 1000); a page never splits a millisecond, so it may
+    /// hold fewer, or more when that many entries share one.
     pub limit: Option<u32>,
     /// Only entries strictly older than this, unix ms (the `next_before` of the previous page).
     pub before: Option<i64>,
 }
 
-/// `GET /api/v1/audit?limit=&before=`: the audit log, newest first, paged.
+/// Most entries of one page when they all share a millisecond.
+const MAX_PAGE: u32 = 1000;
+
+/// `GET /api/v1/audit?limit=&before=`: the audit log, newest first, paged; `next_before` is
+/// null on the last page.
 pub async fn audit(
     State(core): State<Core>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE) as usize;
     // Entries still in the writer's queue are part of the log: flush them first.
     core.audit.flush().await;
-    let entries = core.audit.recent(limit, q.before).await?;
-    let next_before = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| e.at))
-        .flatten();
+    // One more than asked shows whether there is a next page.
+    let mut entries = core.audit.recent(limit as u32 + 1, q.before).await?;
+    let mut next_before = None;
+    if entries.len() > limit {
+        entries.truncate(limit);
+        let last = entries[limit - 1].at;
+        // The cursor is a time, so entries sharing the page's last millisecond could not be
+        // split between pages without losing some: leave that millisecond to the next page.
+        let keep = entries.iter().position(|e| e.at == last).unwrap_or(limit);
+        if keep > 0 {
+            entries.truncate(keep);
+            next_before = Some(last + 1);
+        } else {
+            // The whole page is one millisecond: it all goes on this page (up to MAX_PAGE).
+            entries = core.audit.recent(MAX_PAGE + 1, q.before).await?;
+            let tied = entries.iter().take_while(|e| e.at == last).count();
+            let more = tied < entries.len() || tied > MAX_PAGE as usize;
+            entries.truncate(tied.min(MAX_PAGE as usize));
+            next_before = more.then_some(last);
+        }
+    }
     Ok(Json(
         json!({ "entries": entries, "next_before": next_before }),
     ))

@@ -2,8 +2,11 @@
 
 use crate::core::error::{Code, Error};
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 use axum::response::IntoResponse;
+use std::convert::Infallible;
 
 /// An error as the HTTP plane answers it.
 #[derive(Debug)]
@@ -81,9 +84,44 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether a request announced a body: a `Content-Length` above zero, or a transfer coding.
+pub struct AnnouncedBody(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for AnnouncedBody {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let h = &parts.headers;
+        let sized = h
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'));
+        Ok(AnnouncedBody(
+            sized || h.contains_key(header::TRANSFER_ENCODING),
+        ))
+    }
+}
+
 /// Rewrites error answers that did not come from ferry's handlers (an unknown route, a wrong
 /// method, a body over the limit, a rejected JSON body, a timeout) into the JSON error form.
-pub async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+///
+/// An error answer to a request with a body also says `Connection: close`: the body may be
+/// unread (refused token, path or size), and hyper then closes the connection right after the
+/// answer. Without the header a client keeps the connection for its next request, which fails.
+pub async fn json_errors(
+    AnnouncedBody(had_body): AnnouncedBody,
+    resp: axum::response::Response,
+) -> axum::response::Response {
+    let status = resp.status();
+    let failed = status.is_client_error() || status.is_server_error();
+    let mut resp = rewrite(resp).await;
+    if failed && had_body {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn rewrite(resp: axum::response::Response) -> axum::response::Response {
     let status = resp.status();
     let is_json = resp
         .headers()

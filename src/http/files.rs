@@ -151,6 +151,10 @@ pub fn checksum_headers(h: &mut HeaderMap, md5_hex: &str) {
 }
 
 /// The body of a download: nothing for HEAD (and no transfer recorded), else the bytes.
+///
+/// hyper stops polling a body once it has written the `Content-Length` it announced, so the
+/// end of the transfer is settled together with its last chunk (the disk thread's end marker
+/// follows that chunk at once), not on a poll after it that never comes.
 async fn body(
     method: &Method,
     file: GetFile,
@@ -160,47 +164,62 @@ async fn body(
     if method == Method::HEAD {
         return Ok(Response::new(Body::empty()));
     }
-    let mut stream = file.stream(start, len, CHUNK)?;
-    if stream.remaining() == 0 {
-        // Nothing to send (hyper would not poll an empty body): settle the transfer now.
-        stream.next_chunk().await?;
-        stream.finish().await;
+    let left = len.unwrap_or(file.size() - start);
+    let stream = file.stream(start, len, CHUNK)?;
+    let mut sending = Sending(Some(stream));
+    if left == 0 {
+        // No chunk will be asked for: settle now.
+        settle(&mut sending).await?;
         return Ok(Response::new(Body::empty()));
     }
-    let body = futures_util::stream::unfold(Sending(Some(stream)), |mut s| async move {
+    let body = futures_util::stream::unfold((sending, left), |(mut s, left)| async move {
         let stream = s.0.as_mut()?;
-        let chunk = match stream.next_chunk().await {
-            Ok(Some(b)) => b,
-            Ok(None) => return finish(s, None).await,
+        match stream.next_chunk().await {
+            Ok(Some(b)) => {
+                let left = left.saturating_sub(b.len() as u64);
+                if left == 0
+                    && let Err(e) = settle(&mut s).await
+                {
+                    // The client gets fewer or other bytes than the headers promised: cut the
+                    // connection so it cannot mistake them for the file.
+                    return Some((Err(e), (s, left)));
+                }
+                Some((Ok::<Bytes, Error>(b), (s, left)))
+            }
+            // The file shrank: fewer bytes than announced.
+            Ok(None) => settle(&mut s).await.err().map(|e| (Err(e), (s, left))),
             Err(e) => {
                 if let Some(g) = s.0.take() {
                     g.abort(false).await;
                 }
-                return Some((Err(e), s));
+                Some((Err(e), (s, left)))
             }
-        };
-        if stream.remaining() > 0 {
-            return Some((Ok(chunk), s));
-        }
-        // The last chunk: hyper stops polling once Content-Length bytes are out, so settle the
-        // transfer (did the file change while it was read?) before handing the chunk over.
-        match stream.next_chunk().await {
-            Ok(None) => finish(s, Some(chunk)).await,
-            Ok(Some(_)) => Some((Err(Error::internal("more data than announced")), s)),
-            Err(e) => Some((Err(e), s)),
         }
     });
     Ok(Response::new(Body::from_stream(body)))
 }
 
-/// Records a download's end; yields `last` if the file did not change while it was sent, else
-/// an error that cuts the connection, so the client cannot take other bytes for the file.
-async fn finish(mut s: Sending, last: Option<Bytes>) -> Option<(Result<Bytes, Error>, Sending)> {
-    let end = s.0.take()?.finish().await;
-    if end.changed {
-        return Some((Err(Error::internal("file changed while it was sent")), s));
+/// Ends a download whose bytes have all been handed over: reads the end marker and records the
+/// transfer; an error if the file changed while it was read.
+async fn settle(s: &mut Sending) -> Result<(), Error> {
+    let Some(mut g) = s.0.take() else {
+        return Ok(());
+    };
+    let changed = match g.next_chunk().await {
+        Ok(None) => g.finish().await.changed,
+        Ok(Some(_)) => {
+            g.abort(false).await;
+            return Err(Error::internal("more bytes than announced"));
+        }
+        Err(e) => {
+            g.abort(false).await;
+            return Err(e);
+        }
+    };
+    if changed {
+        return Err(Error::internal("file changed while it was sent"));
     }
-    last.map(|b| (Ok(b), s))
+    Ok(())
 }
 
 /// A download being sent; if the client goes away first, the transfer is recorded as failed.
@@ -317,7 +336,8 @@ pub async fn put_file(
             Ok(c) => c,
             Err(e) => {
                 let err = body_error(e);
-                sink.abort(err.code == Code::Cancelled).await;
+                // A body cut off is a disconnect, as on TCP: the transfer failed (not cancelled).
+                sink.abort(false).await;
                 return Err(err.into());
             }
         };
