@@ -164,7 +164,9 @@ pub(super) async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
+                    tracing::warn!(error = %e, "http accept failed; pausing 100 ms");
+                    // Out of descriptors: retrying at once would spin; give closing ones a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },

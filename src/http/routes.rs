@@ -9,7 +9,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get, head, post};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -97,12 +100,16 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
             auth::require_token,
         ));
     let open = at(Router::new(), "/healthz", get(api::healthz));
+    // `Router::layer` wraps every route on its own, so the limit shares one semaphore across
+    // them. A request holds its slot until its answer's headers are out; streamed bodies
+    // (downloads, NDJSON, events) are bounded by the core's transfer and exec limits instead.
+    let slots = Arc::new(Semaphore::new(cfg.max_requests.max(1)));
     let overload = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
             ApiError::new(Code::Busy, "too many requests at once; retry shortly").into_response()
         }))
         .load_shed()
-        .concurrency_limit(cfg.max_requests.max(1));
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(slots));
     authed
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })

@@ -58,7 +58,9 @@ pub async fn serve(
                 Ok(v) => v,
                 Err(e) => {
                     // Out of descriptors and similar: say so and keep serving.
-                    tracing::warn!(error = %e, "tcp accept failed");
+                    tracing::warn!(error = %e, "tcp accept failed; pausing 100 ms");
+                    // Out of descriptors: retrying at once would spin; give closing ones a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
