@@ -155,9 +155,11 @@ impl Uploads {
                 offset,
                 error,
             } => {
-                let closed = self.inner.closed.load(Ordering::SeqCst);
                 let (settled, result) = {
                     let mut map = self.inner.map.lock().unwrap();
+                    // Read under the lock: `close` sets the flag before it takes the lock to drop
+                    // the idle uploads, so either it sees this one idle or this sees the flag.
+                    let closed = self.inner.closed.load(Ordering::SeqCst);
                     let up = map.get_mut(id).expect("a busy upload stays registered");
                     let settled = take_settled(up);
                     up.offset = offset;
