@@ -1,0 +1,376 @@
+//! Resumable uploads: an upload takes its bytes over several requests, keeps whatever arrived
+//! when a request is cut off, and is renamed into place only once complete and verified.
+//!
+//! The model is the one of the IETF draft "Resumable Uploads for HTTP"
+//! (draft-ietf-httpbis-resumable-upload): an upload has an offset (bytes stored so far), a
+//! completeness flag and, once the client states it, a length. Each request that carries data
+//! is an [`Append`]; only one runs at a time per upload. The state lives in memory: a restart
+//! forgets every incomplete upload, and the temp files of the ones it knew are removed at
+//! shutdown and on expiry.
+//!
+//! The registry and its requests live here; `state` holds what it keeps per upload, `append`
+//! the handle a transport feeds and the settling of each append, `disk` the blocking worker
+//! that writes and hashes the bytes.
+
+mod append;
+mod disk;
+mod state;
+
+pub use append::Append;
+
+use crate::core::audit::{Actor, now_ms};
+use crate::core::checksum::Md5Stream;
+use crate::core::error::{Code, Error, Result};
+use crate::core::files::{Files, blocking};
+use crate::core::paths::RelPath;
+use crate::core::put::{PutDone, create_temp};
+use crate::core::registry::{TransferState, new_id};
+use crate::core::transfer::TransferCtx;
+use disk::Job;
+use serde::Serialize;
+use state::{NewTemp, Parked, Slot, Upload, check_md5s, gone, length_of};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Most incomplete uploads at once; creating more is refused as `busy`.
+const MAX_OPEN: usize = 1024;
+
+/// What a client can learn about an upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadInfo {
+    /// The upload's id.
+    pub id: String,
+    /// The target path under the root.
+    pub path: String,
+    /// Bytes stored so far.
+    pub offset: u64,
+    /// The whole file's length, once the client stated it.
+    pub length: Option<u64>,
+    /// Whether the upload is complete (verified and renamed into place).
+    pub complete: bool,
+    /// Seconds until the upload is forgotten unless more data arrives.
+    pub expires_in: u64,
+    /// The stored file, once complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<PutDone>,
+}
+
+/// What a request that carries upload data states about it.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// Whether this request's content ends the upload.
+    pub complete: bool,
+    /// The whole file's length, if stated (HTTP: `Upload-Length`).
+    pub length: Option<u64>,
+    /// This request's content length, if known; with `complete` it fixes the whole length.
+    pub content_length: Option<u64>,
+    /// The whole file's MD5 hex, if stated; checked when the upload completes.
+    pub md5: Option<String>,
+    /// This request's content MD5 hex, if stated; content that does not match is not kept.
+    pub part_md5: Option<String>,
+}
+
+/// The registry of resumable uploads; cheap to clone.
+#[derive(Clone)]
+pub struct Uploads {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    files: Files,
+    expiry: Duration,
+    map: Mutex<HashMap<String, Upload>>,
+    closed: AtomicBool,
+}
+
+impl Uploads {
+    /// An empty registry; uploads idle for `expiry` are dropped, and all are at `shutdown`.
+    pub fn new(files: Files, expiry: Duration, shutdown: CancellationToken) -> Uploads {
+        let this = Uploads {
+            inner: Arc::new(Inner {
+                files,
+                expiry,
+                map: Mutex::default(),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        let sweeper = this.clone();
+        let every = (expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        sweeper.expire_idle(sweeper.inner.expiry).await;
+                    }
+                    _ = shutdown.cancelled() => {
+                        sweeper.close().await;
+                        break;
+                    }
+                }
+            }
+        });
+        this
+    }
+
+    /// How long an upload may stay idle before it is dropped.
+    pub fn expiry(&self) -> Duration {
+        self.inner.expiry
+    }
+
+    /// Refuses new uploads and drops the idle ones with their temp files: the state is in
+    /// memory only, so nothing could resume them after a restart. Appends still running drop
+    /// their upload when they settle, unless they complete it. Runs at shutdown; idempotent.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.drop_idle(Duration::ZERO, "server shutdown").await;
+    }
+
+    /// Starts an upload to `raw`; the returned append takes the first part (possibly empty).
+    /// If that part is cut off the upload is dropped, as its id was never announced.
+    pub async fn create(&self, actor: &Actor, raw: &str, d: Declared) -> Result<Append> {
+        let rel = RelPath::parse(raw)?;
+        check_md5s(None, &d)?;
+        let length = length_of(0, None, &d)?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(Code::Busy, "the server is shutting down"));
+        }
+        let open = {
+            let map = self.inner.map.lock().unwrap();
+            map.values()
+                .filter(|u| !matches!(u.slot, Slot::Done(_)))
+                .count()
+        };
+        if open >= MAX_OPEN {
+            return Err(Error::new(
+                Code::Busy,
+                format!("{MAX_OPEN} uploads are open; finish or cancel some first"),
+            ));
+        }
+        let files = self.inner.files.clone();
+        let rel2 = rel.clone();
+        // The guard removes the file if this request goes away before the upload holds it.
+        let (tmp, file) = blocking(move || {
+            create_temp(&files, &rel2).map(|(tmp, file)| NewTemp::new(files, tmp, file))
+        })
+        .await?
+        .keep();
+        let files = &self.inner.files;
+        let handle = files
+            .registry
+            .start_transfer(actor, rel.as_str(), "put", length.unwrap_or(0));
+        let parked = Parked {
+            file,
+            md5: Md5Stream::new(),
+            ctx: TransferCtx {
+                files: files.clone(),
+                actor: actor.clone(),
+                path: rel.as_str().to_string(),
+                handle: Some(handle),
+                started_at: now_ms(),
+                size: length.unwrap_or(0),
+            },
+        };
+        let id = new_id();
+        let (stop, settled) = (CancellationToken::new(), CancellationToken::new());
+        let job = Job {
+            files: files.clone(),
+            parked,
+            start: 0,
+            creation: true,
+            complete: d.complete,
+            length,
+            expected: d.md5.clone(),
+            part_md5: d.part_md5,
+            target: rel.clone(),
+            tmp: tmp.clone(),
+        };
+        self.inner.map.lock().unwrap().insert(
+            id.clone(),
+            Upload {
+                target: rel.clone(),
+                tmp,
+                offset: 0,
+                length,
+                expected: d.md5,
+                touched: Instant::now(),
+                slot: Slot::Busy {
+                    stop: stop.clone(),
+                    settled,
+                },
+            },
+        );
+        tracing::info!(upload = %id, session = %actor.session_id, path = %rel, "upload created");
+        Ok(self.start(id, job, stop))
+    }
+
+    /// Appends to upload `id` from `offset`, which must be its current offset (else `conflict`,
+    /// as when another append is running).
+    pub async fn append(
+        &self,
+        actor: &Actor,
+        id: &str,
+        offset: u64,
+        d: Declared,
+    ) -> Result<Append> {
+        let stop = CancellationToken::new();
+        let job = {
+            let mut map = self.inner.map.lock().unwrap();
+            let up = map.get_mut(id).ok_or_else(gone)?;
+            match &up.slot {
+                Slot::Done(_) => {
+                    return Err(Error::bad_request(
+                        "the upload is already complete; nothing can be appended",
+                    ));
+                }
+                Slot::Busy { .. } => {
+                    return Err(Error::new(
+                        Code::Conflict,
+                        "another request is appending to this upload",
+                    ));
+                }
+                Slot::Idle(_) => {}
+            }
+            let current = up.offset;
+            if offset != current {
+                return Err(Error::new(
+                    Code::Conflict,
+                    format!("Upload-Offset {offset} does not match the upload's offset {current}"),
+                ));
+            }
+            let length = length_of(current, up.length, &d)?;
+            check_md5s(up.expected.as_deref(), &d)?;
+            up.length = length;
+            if up.expected.is_none() {
+                up.expected = d.md5.clone();
+            }
+            up.touched = Instant::now();
+            let busy = Slot::Busy {
+                stop: stop.clone(),
+                settled: CancellationToken::new(),
+            };
+            let Slot::Idle(parked) = std::mem::replace(&mut up.slot, busy) else {
+                unreachable!("checked above");
+            };
+            Job {
+                files: self.inner.files.clone(),
+                parked: *parked,
+                start: current,
+                creation: false,
+                complete: d.complete,
+                length,
+                expected: up.expected.clone(),
+                part_md5: d.part_md5,
+                target: up.target.clone(),
+                tmp: up.tmp.clone(),
+            }
+        };
+        tracing::debug!(upload = %id, session = %actor.session_id, offset, "append");
+        Ok(self.start(id.to_string(), job, stop))
+    }
+
+    /// The state of upload `id`. A running append is stopped first (the draft lets the server end
+    /// it), so the offset returned is settled and the next append at it is accepted.
+    pub async fn status(&self, id: &str) -> Result<UploadInfo> {
+        loop {
+            let settled = {
+                let map = self.inner.map.lock().unwrap();
+                let up = map.get(id).ok_or_else(gone)?;
+                match &up.slot {
+                    Slot::Busy { stop, settled } => {
+                        stop.cancel();
+                        settled.clone()
+                    }
+                    _ => return Ok(up.info(id, self.inner.expiry)),
+                }
+            };
+            settled.cancelled().await;
+        }
+    }
+
+    /// The acknowledged offset of upload `id`, without waiting for a running append.
+    pub fn offset(&self, id: &str) -> Option<u64> {
+        let map = self.inner.map.lock().unwrap();
+        map.get(id).map(|u| u.offset)
+    }
+
+    /// Cancels upload `id`: a running append is stopped and the temp file removed. A completed
+    /// upload is only forgotten; its file stays.
+    pub async fn cancel(&self, actor: &Actor, id: &str) -> Result<()> {
+        let up = loop {
+            let settled = {
+                let mut map = self.inner.map.lock().unwrap();
+                let up = map.get(id).ok_or_else(gone)?;
+                match &up.slot {
+                    Slot::Busy { stop, settled } => {
+                        stop.cancel();
+                        settled.clone()
+                    }
+                    _ => break map.remove(id).expect("just seen"),
+                }
+            };
+            settled.cancelled().await;
+        };
+        tracing::info!(upload = %id, session = %actor.session_id, path = %up.target, "upload cancelled");
+        self.drop_upload(id, up, TransferState::Cancelled, "cancelled")
+            .await;
+        Ok(())
+    }
+
+    /// Drops the uploads idle for at least `idle` (temp files removed, completed ones forgotten);
+    /// returns how many. Runs every so often with the configured expiry.
+    pub async fn expire_idle(&self, idle: Duration) -> usize {
+        self.drop_idle(idle, "expired").await
+    }
+
+    async fn drop_idle(&self, idle: Duration, why: &str) -> usize {
+        let expired: Vec<(String, Upload)> = {
+            let mut map = self.inner.map.lock().unwrap();
+            let ids: Vec<String> = map
+                .iter()
+                .filter(|(_, u)| {
+                    !matches!(u.slot, Slot::Busy { .. }) && u.touched.elapsed() >= idle
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| map.remove(&id).map(|u| (id, u)))
+                .collect()
+        };
+        let n = expired.len();
+        for (id, up) in expired {
+            self.drop_upload(&id, up, TransferState::Failed, why).await;
+        }
+        n
+    }
+
+    /// Removes an unregistered upload's temp file and records its transfer's end.
+    async fn drop_upload(&self, id: &str, up: Upload, state: TransferState, why: &str) {
+        let Slot::Idle(parked) = up.slot else {
+            return;
+        };
+        let Parked { file, mut ctx, .. } = *parked;
+        drop(file);
+        let files = self.inner.files.clone();
+        let tmp = up.tmp.clone();
+        let _ = blocking(move || {
+            files
+                .dir
+                .remove_file(tmp.as_path())
+                .map_err(|e| Error::io(e, tmp.as_str()))
+        })
+        .await;
+        ctx.size = up.length.unwrap_or(up.offset);
+        ctx.record("put", state, None, up.expected).await;
+        if why != "cancelled" {
+            tracing::info!(upload = %id, path = %up.target, reason = why, "upload dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

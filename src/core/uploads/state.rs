@@ -1,0 +1,166 @@
+//! What the registry keeps per upload, and the checks a request's declarations go through.
+
+use super::{Declared, UploadInfo};
+use crate::core::checksum::{Md5Stream, is_md5_hex};
+use crate::core::error::{Code, Error, Result};
+use crate::core::files::Files;
+use crate::core::paths::RelPath;
+use crate::core::put::PutDone;
+use crate::core::transfer::TransferCtx;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Most completed uploads remembered (for a client that missed the final answer); the oldest go.
+pub(super) const MAX_DONE: usize = 1024;
+
+/// One upload the registry knows.
+pub(super) struct Upload {
+    pub(super) target: RelPath,
+    pub(super) tmp: RelPath,
+    /// Bytes acknowledged: what settled appends kept. A running append moves it when it settles,
+    /// so a reported offset never has to be taken back.
+    pub(super) offset: u64,
+    pub(super) length: Option<u64>,
+    pub(super) expected: Option<String>,
+    pub(super) touched: Instant,
+    pub(super) slot: Slot,
+}
+
+/// Where an upload stands: idle, with an append running, or complete.
+pub(super) enum Slot {
+    /// Waiting for the next append.
+    Idle(Box<Parked>),
+    /// An append runs; `stop` asks it to end, `settled` fires once it has.
+    Busy {
+        stop: CancellationToken,
+        settled: CancellationToken,
+    },
+    /// Complete, stored and remembered for a while.
+    Done(PutDone),
+}
+
+/// What an idle upload holds: its temp file, the MD5 state of the bytes in it, its transfer.
+pub(super) struct Parked {
+    pub(super) file: std::fs::File,
+    pub(super) md5: Md5Stream,
+    pub(super) ctx: TransferCtx,
+}
+
+impl Upload {
+    /// What a client can learn about this upload, known as `id`.
+    pub(super) fn info(&self, id: &str, expiry: Duration) -> UploadInfo {
+        let stored = match &self.slot {
+            Slot::Done(d) => Some(d.clone()),
+            _ => None,
+        };
+        UploadInfo {
+            id: id.to_string(),
+            path: self.target.as_str().to_string(),
+            offset: self.offset,
+            length: self.length,
+            complete: stored.is_some(),
+            expires_in: expiry.saturating_sub(self.touched.elapsed()).as_secs(),
+            stored,
+        }
+    }
+}
+
+/// A temp file just made for an upload that no upload holds yet: removed if dropped before
+/// [`NewTemp::keep`], so a creation whose request goes away while it waits leaves nothing behind.
+pub(super) struct NewTemp {
+    files: Files,
+    made: Option<(RelPath, std::fs::File)>,
+}
+
+impl NewTemp {
+    /// Guards the temp file `tmp`, open as `file`.
+    pub(super) fn new(files: Files, tmp: RelPath, file: std::fs::File) -> NewTemp {
+        NewTemp {
+            files,
+            made: Some((tmp, file)),
+        }
+    }
+
+    /// Hands the temp file over to its upload, which removes it from then on.
+    pub(super) fn keep(mut self) -> (RelPath, std::fs::File) {
+        self.made.take().expect("kept once")
+    }
+}
+
+impl Drop for NewTemp {
+    fn drop(&mut self) {
+        if let Some((tmp, file)) = self.made.take() {
+            drop(file);
+            let _ = self.files.dir.remove_file(tmp.as_path());
+        }
+    }
+}
+
+/// The error for an id the registry does not know (any more).
+pub(super) fn gone() -> Error {
+    Error::new(
+        Code::NotFound,
+        "no such upload (it was completed long ago, cancelled, failed or expired)",
+    )
+}
+
+/// The whole length implied by a request that starts at `offset`, checked against `known`.
+pub(super) fn length_of(offset: u64, known: Option<u64>, d: &Declared) -> Result<Option<u64>> {
+    let by_content = d
+        .complete
+        .then_some(d.content_length)
+        .flatten()
+        .map(|n| offset.saturating_add(n));
+    let mut length = known;
+    for l in [d.length, by_content].into_iter().flatten() {
+        match length {
+            Some(k) if k != l => {
+                return Err(Error::bad_request(format!(
+                    "inconsistent upload length: {k} bytes stated before, {l} now"
+                )));
+            }
+            _ => length = Some(l),
+        }
+    }
+    if let Some(l) = length
+        && l < offset
+    {
+        return Err(Error::bad_request(format!(
+            "inconsistent upload length: {l} bytes, but {offset} are already stored"
+        )));
+    }
+    Ok(length)
+}
+
+/// Checks that stated MD5s are hex and that the whole file's agrees with the `known` one.
+pub(super) fn check_md5s(known: Option<&str>, d: &Declared) -> Result<()> {
+    for m in [&d.md5, &d.part_md5].into_iter().flatten() {
+        if !is_md5_hex(m) {
+            return Err(Error::bad_request("an MD5 must be 32 hex digits"));
+        }
+    }
+    if let (Some(k), Some(m)) = (known, &d.md5)
+        && !k.eq_ignore_ascii_case(m)
+    {
+        return Err(Error::bad_request(format!(
+            "the file's MD5 {m} disagrees with the {k} stated before"
+        )));
+    }
+    Ok(())
+}
+
+/// Forgets the oldest completed uploads beyond [`MAX_DONE`].
+pub(super) fn forget_oldest_done(map: &mut HashMap<String, Upload>) {
+    let mut done: Vec<(Instant, String)> = map
+        .iter()
+        .filter(|(_, u)| matches!(u.slot, Slot::Done(_)))
+        .map(|(id, u)| (u.touched, id.clone()))
+        .collect();
+    if done.len() > MAX_DONE {
+        done.sort();
+        for (_, id) in done.iter().take(done.len() - MAX_DONE) {
+            map.remove(id);
+        }
+    }
+}
