@@ -103,6 +103,7 @@ impl ServeArgs {
                     max_concurrent: self.max_concurrent_execs,
                 },
                 upload_expiry: Duration::from_secs(self.upload_expiry),
+                max_upload: self.max_body,
             },
             tcp: TcpConfig {
                 max_connections: self.max_connections,

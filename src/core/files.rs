@@ -30,10 +30,16 @@ pub struct Entry {
     pub md5: Option<String>,
 }
 
+/// Most transfers (downloads, uploads, upload appends) at once, across all transports. Each
+/// holds a blocking thread while it runs, and tokio's pool has 512: the rest stay free for
+/// opens, listings and commands.
+pub const MAX_TRANSFERS: usize = 256;
+
 /// Confined access to the served root, shared by every transport.
 #[derive(Clone)]
 pub struct Files {
     pub(crate) dir: Arc<Dir>,
+    transfers: Arc<tokio::sync::Semaphore>,
     root_path: PathBuf,
     pub(crate) digests: DigestCache,
     pub(crate) audit: Audit,
@@ -62,10 +68,21 @@ impl Files {
         let dir = Dir::open_ambient_dir(&root_path, ambient_authority())?;
         Ok(Files {
             dir: Arc::new(dir),
+            transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS)),
             root_path,
             digests,
             audit,
             registry,
+        })
+    }
+
+    /// A slot for one transfer, or `busy` when [`MAX_TRANSFERS`] are running.
+    pub(crate) fn transfer_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.transfers.clone().try_acquire_owned().map_err(|_| {
+            Error::new(
+                Code::Busy,
+                format!("{MAX_TRANSFERS} transfers are running; retry shortly"),
+            )
         })
     }
 
@@ -222,20 +239,35 @@ impl Files {
         rel: &RelPath,
         file: &std::fs::File,
     ) -> Result<(FileKey, String)> {
+        use std::io::{Seek, SeekFrom};
         let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
-        let key = FileKey::of(&meta);
+        let mut key = FileKey::of(&meta);
         if let Some(md5) = self.digests.lookup(rel.as_str(), key) {
             return Ok((key, md5));
         }
-        let (md5, _) =
-            crate::core::checksum::hash_reader(file).map_err(|e| Error::io(e, rel.as_str()))?;
-        // Only trust the digest if the file did not change while it was hashed, and was not
-        // changed just now: a write in the same timestamp tick would not show in the key.
-        let after = FileKey::of(&file.metadata().map_err(|e| Error::io(e, rel.as_str()))?);
-        let now_ns = crate::core::audit::now_ms() * 1_000_000;
-        if after == key && now_ns - key.mtime_ns > 2_000_000_000 {
-            self.digests.store(rel.as_str(), key, &md5);
+        // A file written while it is hashed has no digest to announce: try twice, then refuse
+        // rather than send a wrong strong ETag.
+        for _ in 0..2 {
+            (&mut &*file)
+                .seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io(e, rel.as_str()))?;
+            let (md5, _) =
+                crate::core::checksum::hash_reader(file).map_err(|e| Error::io(e, rel.as_str()))?;
+            let after = FileKey::of(&file.metadata().map_err(|e| Error::io(e, rel.as_str()))?);
+            if after == key {
+                // Only keep it if the file was not changed just now: a write in the same
+                // timestamp tick would not show in the key.
+                let now_ns = crate::core::audit::now_ms() * 1_000_000;
+                if now_ns - key.mtime_ns > 2_000_000_000 {
+                    self.digests.store(rel.as_str(), key, &md5);
+                }
+                return Ok((key, md5));
+            }
+            key = after;
         }
-        Ok((after, md5))
+        Err(Error::new(
+            Code::Busy,
+            format!("{rel}: the file is being written; retry when it is complete"),
+        ))
     }
 }

@@ -41,6 +41,8 @@ pub struct CoreConfig {
     pub exec: ExecLimits,
     /// How long a resumable upload may stay idle before it is dropped.
     pub upload_expiry: Duration,
+    /// Largest resumable upload, however many requests carry it.
+    pub max_upload: u64,
 }
 
 /// The shared core; cheap to clone.
@@ -71,7 +73,12 @@ impl Core {
         let digests = digests::DigestCache::load(audit.clone()).await?;
         let registry = Registry::new();
         let files = Files::open(&cfg.root, digests, audit.clone(), registry.clone())?;
-        let uploads = Uploads::new(files.clone(), cfg.upload_expiry, shutdown.clone());
+        let uploads = Uploads::new(
+            files.clone(),
+            cfg.upload_expiry,
+            cfg.max_upload,
+            shutdown.clone(),
+        );
         let exec = Executor::new(files.clone(), audit.clone(), cfg.exec.clone(), shutdown);
         let core = Core {
             files,

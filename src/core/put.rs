@@ -31,6 +31,7 @@ impl Files {
         {
             return Err(Error::bad_request("md5 must be 32 hex digits"));
         }
+        let slot = self.transfer_slot()?;
         let this = self.clone();
         let rel2 = rel.clone();
         let (tmp, file) = blocking(move || create_temp(&this, &rel2)).await?;
@@ -40,6 +41,7 @@ impl Files {
         let commit = Arc::new(AtomicBool::new(false));
         let commit2 = commit.clone();
         let worker = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             write_loop(&files, file, rx, &rel3, &tmp, size, expected, &commit2)
         });
         let handle = self

@@ -126,6 +126,16 @@ pub async fn get_file(
     checksum_headers(hm, &md5_hex);
     hm.insert(header::ETAG, value(etag));
     hm.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Served files are data, never a page of ferry's origin: an uploaded .html or .svg must
+    // not run scripts next to the API.
+    hm.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    hm.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
     let modified = UNIX_EPOCH + Duration::from_secs(mtime_s);
     hm.insert(
         header::LAST_MODIFIED,

@@ -22,6 +22,7 @@ pub struct Append {
     stop: CancellationToken,
     next: u64,
     length: Option<u64>,
+    max: u64,
 }
 
 /// What the transport side tells the disk worker.
@@ -46,12 +47,20 @@ impl Append {
     /// Hands a chunk to the disk thread. Past the upload's length the upload is dropped.
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let n = chunk.len() as u64;
-        if let Some(len) = self.length
-            && self.next + n > len
-        {
-            let e = Error::bad_request(format!(
+        let over = match self.length {
+            Some(len) if self.next + n > len => Some(Error::bad_request(format!(
                 "more data than the upload's length of {len} bytes; the upload is dropped"
-            ));
+            ))),
+            _ if self.next + n > self.max => Some(Error::new(
+                Code::TooLarge,
+                format!(
+                    "the upload would exceed the server's limit of {} bytes; it is dropped",
+                    self.max
+                ),
+            )),
+            _ => None,
+        };
+        if let Some(e) = over {
             if let Some(tx) = &self.tx {
                 let _ = tx.send(Msg::Invalid(e.clone())).await;
             }
@@ -101,7 +110,13 @@ impl Append {
 
 impl Uploads {
     /// Runs `job` on the disk worker; the returned handle feeds it and learns how it settled.
-    pub(super) fn start(&self, id: String, job: Job, stop: CancellationToken) -> Append {
+    pub(super) fn start(
+        &self,
+        id: String,
+        job: Job,
+        stop: CancellationToken,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Append {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         let (start, length) = (job.start, job.length);
@@ -110,7 +125,11 @@ impl Uploads {
         let this = self.clone();
         let id2 = id.clone();
         tokio::spawn(async move {
-            let outcome = tokio::task::spawn_blocking(move || run(job, rx)).await;
+            let outcome = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                run(job, rx)
+            })
+            .await;
             let result = this.settle(&id2, outcome).await;
             let _ = done_tx.send(result);
         });
@@ -121,6 +140,7 @@ impl Uploads {
             stop,
             next: start,
             length,
+            max: self.inner.max_size,
         }
     }
 

@@ -82,17 +82,25 @@ pub struct Uploads {
 struct Inner {
     files: Files,
     expiry: Duration,
+    max_size: u64,
     map: Mutex<HashMap<String, Upload>>,
     closed: AtomicBool,
 }
 
 impl Uploads {
     /// An empty registry; uploads idle for `expiry` are dropped, and all are at `shutdown`.
-    pub fn new(files: Files, expiry: Duration, shutdown: CancellationToken) -> Uploads {
+    /// No upload grows past `max_size` bytes, however many requests carry it.
+    pub fn new(
+        files: Files,
+        expiry: Duration,
+        max_size: u64,
+        shutdown: CancellationToken,
+    ) -> Uploads {
         let this = Uploads {
             inner: Arc::new(Inner {
                 files,
                 expiry,
+                max_size,
                 map: Mutex::default(),
                 closed: AtomicBool::new(false),
             }),
@@ -122,6 +130,19 @@ impl Uploads {
         self.inner.expiry
     }
 
+    fn check_size(&self, length: Option<u64>) -> Result<()> {
+        match length {
+            Some(l) if l > self.inner.max_size => Err(Error::new(
+                Code::TooLarge,
+                format!(
+                    "an upload of {l} bytes is over the server's limit of {} bytes",
+                    self.inner.max_size
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses new uploads and drops the idle ones with their temp files: the state is in
     /// memory only, so nothing could resume them after a restart. Appends still running drop
     /// their upload when they settle, unless they complete it. Runs at shutdown; idempotent.
@@ -136,9 +157,11 @@ impl Uploads {
         let rel = RelPath::parse(raw)?;
         check_md5s(None, &d)?;
         let length = length_of(0, None, &d)?;
+        self.check_size(length)?;
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::new(Code::Busy, "the server is shutting down"));
         }
+        let slot = self.inner.files.transfer_slot()?;
         let open = {
             let map = self.inner.map.lock().unwrap();
             map.values()
@@ -205,7 +228,7 @@ impl Uploads {
             },
         );
         tracing::info!(upload = %id, session = %actor.session_id, path = %rel, "upload created");
-        Ok(self.start(id, job, stop))
+        Ok(self.start(id, job, stop, slot))
     }
 
     /// Appends to upload `id` from `offset`, which must be its current offset (else `conflict`,
@@ -218,6 +241,7 @@ impl Uploads {
         d: Declared,
     ) -> Result<Append> {
         let stop = CancellationToken::new();
+        let slot = self.inner.files.transfer_slot()?;
         let job = {
             let mut map = self.inner.map.lock().unwrap();
             let up = map.get_mut(id).ok_or_else(gone)?;
@@ -243,6 +267,7 @@ impl Uploads {
                 ));
             }
             let length = length_of(current, up.length, &d)?;
+            self.check_size(length)?;
             check_md5s(up.expected.as_deref(), &d)?;
             up.length = length;
             if up.expected.is_none() {
@@ -270,7 +295,7 @@ impl Uploads {
             }
         };
         tracing::debug!(upload = %id, session = %actor.session_id, offset, "append");
-        Ok(self.start(id.to_string(), job, stop))
+        Ok(self.start(id.to_string(), job, stop, slot))
     }
 
     /// The state of upload `id`. A running append is stopped first (the draft lets the server end

@@ -42,6 +42,7 @@ fn a_creation_dropped_while_its_temp_file_is_made_leaves_nothing_behind() {
                 max_concurrent: 1,
             },
             upload_expiry: Duration::from_secs(60),
+            max_upload: 1 << 20,
         };
         let shutdown = CancellationToken::new();
         let (core, _writer) = Core::open(&cfg, shutdown.clone()).await.unwrap();
