@@ -12,7 +12,8 @@ use crate::core::error::{Code, Error};
 use crate::core::uploads::{Append, Declared, UploadInfo};
 use crate::http::ApiError;
 use crate::http::files::{
-    CONTENT_DIGEST, body_error, checksum_headers, content_length, expected_md5, file_url,
+    CONTENT_DIGEST, CONTENT_MD5, body_error, checksum_headers, content_length, expected_md5,
+    file_url,
 };
 use axum::Json;
 use axum::body::Body;
@@ -58,14 +59,15 @@ fn sf_integer(h: &HeaderMap, name: &HeaderName) -> Option<u64> {
     v.parse().ok()
 }
 
-/// What a request with upload data states: `Content-MD5`, `X-Checksum-Md5` and `Repr-Digest`
-/// give the whole file's MD5; `Content-Digest` gives this request's content's.
+/// What a request with upload data states: `X-Checksum-Md5` and `Repr-Digest` give the whole
+/// file's MD5; `Content-Digest` and `Content-MD5` (RFC 1864: the message body's) this request's.
 fn declared(headers: &HeaderMap, complete: bool) -> Result<Declared, ApiError> {
     let mut whole = headers.clone();
-    whole.remove(&CONTENT_DIGEST);
     let mut part = HeaderMap::new();
-    if let Some(v) = headers.get(&CONTENT_DIGEST) {
-        part.insert(CONTENT_DIGEST.clone(), v.clone());
+    for name in [&CONTENT_DIGEST, &CONTENT_MD5] {
+        if let Some(v) = whole.remove(name) {
+            part.insert(name.clone(), v);
+        }
     }
     Ok(Declared {
         complete,
