@@ -5,7 +5,6 @@ mod common;
 
 use common::TestServer;
 use reqwest::StatusCode;
-use std::time::{Duration, Instant};
 
 async fn code(resp: reqwest::Response) -> (StatusCode, String) {
     let status = resp.status();
@@ -122,21 +121,25 @@ async fn the_request_limit_is_shared_by_all_routes() {
             resp.unwrap().json::<serde_json::Value>().await.unwrap()
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let resp = web.get(s.url("/api/v1/sessions")).send().await.unwrap();
-        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(code(resp).await.1, "busy");
-            break;
-        }
-        assert_eq!(resp.status(), 200);
-        assert!(Instant::now() < deadline, "the exec never held the slot");
-        tokio::task::yield_now().await;
-    }
-    tokio::task::spawn_blocking(move || std::fs::write(fifo, b"let go\n"))
-        .await
-        .unwrap()
-        .unwrap();
+    // Opening the FIFO for writing waits until `cat` opens it: the exec is then in flight.
+    let writer =
+        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(fifo))
+            .await
+            .unwrap()
+            .unwrap();
+    let resp = web.get(s.url("/api/v1/sessions")).send().await.unwrap();
+    assert_eq!(
+        code(resp).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "busy".into())
+    );
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut w = writer;
+        w.write_all(b"let go\n")
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let done = exec.await.unwrap();
     assert_eq!(done["stdout"], "let go\n");
     let resp = web.get(s.url("/api/v1/sessions")).send().await.unwrap();
