@@ -19,7 +19,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: raw TCP protocol (and later HTTP and the browser terminal).
+    /// Run the server: the raw TCP protocol and the HTTP plane (files, exec, API, metrics).
     Serve(ServeArgs),
     /// Run a command on the server; exits with its exit code.
     Exec(ExecArgs),
