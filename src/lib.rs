@@ -16,5 +16,6 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod listen;
 pub mod server;
 pub mod tcp;

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -150,63 +149,54 @@ pub(super) async fn accept_loop(
     kill: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(64 * 1024);
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed; pausing 100 ms");
-                    // Out of descriptors: retrying at once would spin; give closing ones a moment.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = sock.set_nodelay(true);
-        let state = Arc::new(ConnState::new(peer));
-        let io = TokioIo::new(Counted {
-            sock,
-            state: state.clone(),
-        });
-        let app = app.clone();
-        let state2 = state.clone();
-        let svc =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(state2.clone());
-                app.clone().oneshot(req.map(axum::body::Body::new))
+    let stop = shutdown.clone();
+    crate::listen::accept_loop(
+        listener,
+        cfg.max_connections,
+        stop,
+        "http",
+        |sock, peer, permit| {
+            let state = Arc::new(ConnState::new(peer));
+            let io = TokioIo::new(Counted {
+                sock,
+                state: state.clone(),
             });
-        let conn = http.serve_connection(io, svc).with_upgrades();
-        let (core, shutdown, kill) = (core.clone(), shutdown.clone(), kill.clone());
-        tracker.spawn(async move {
-            tokio::pin!(conn);
-            let reason = tokio::select! {
-                r = conn.as_mut() => closed(r),
-                _ = shutdown.cancelled() => {
-                    // Finish the request in flight, then close; `kill` cuts it at the deadline.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => closed(r),
-                        _ = kill.cancelled() => "server shutdown",
+            let app = app.clone();
+            let state2 = state.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(state2.clone());
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = http.serve_connection(io, svc).with_upgrades();
+            let (core, shutdown, kill) = (core.clone(), shutdown.clone(), kill.clone());
+            tracker.spawn(async move {
+                tokio::pin!(conn);
+                let reason = tokio::select! {
+                    r = conn.as_mut() => closed(r),
+                    _ = shutdown.cancelled() => {
+                        // Finish the request in flight, then close; `kill` cuts it at the deadline.
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn.as_mut() => closed(r),
+                            _ = kill.cancelled() => "server shutdown",
+                        }
                     }
+                };
+                let guard = state.guard.lock().unwrap().take();
+                if let (Some((actor, _)), Some(guard)) = (state.session.get(), guard) {
+                    core.close_session(actor, guard, reason).await;
                 }
-            };
-            let guard = state.guard.lock().unwrap().take();
-            if let (Some((actor, _)), Some(guard)) = (state.session.get(), guard) {
-                core.close_session(actor, guard, reason).await;
-            }
-            drop(permit);
-        });
-    }
+                drop(permit);
+            });
+        },
+    )
+    .await;
 }
 
 fn closed(r: Result<(), hyper::Error>) -> &'static str {

@@ -5,6 +5,7 @@ use crate::core::audit::Actor;
 use crate::core::checksum::is_md5_hex;
 use crate::core::error::{Code, Error};
 use crate::core::files::Entry;
+use crate::core::put::PutDone;
 use crate::core::transfer::{GetFile, GetStream, Opened};
 use crate::http::ApiError;
 use crate::http::range::{Conditions, Plan, Validators, plan};
@@ -357,19 +358,25 @@ pub async fn put_file(
         }
     }
     let done = sink.finish().await?;
+    Ok(stored(path.trim_matches('/'), &done))
+}
+
+/// The answer to a verified upload, by PUT or by a completed resumable upload: 201 with
+/// `Location` and `{"path","size","md5"}` for a new name, 204 for a replaced file; both with
+/// the checksum headers and the ETag.
+pub fn stored(rel: &str, done: &PutDone) -> Response {
     let mut resp = if done.created {
-        let rel = path.trim_matches('/').to_string();
         let mut r = (
             StatusCode::CREATED,
             Json(Stored {
-                path: rel.clone(),
+                path: rel.to_string(),
                 size: done.size,
                 md5: done.md5.clone(),
             }),
         )
             .into_response();
         r.headers_mut()
-            .insert(header::LOCATION, value(file_url(&rel)));
+            .insert(header::LOCATION, value(file_url(rel)));
         r
     } else {
         StatusCode::NO_CONTENT.into_response()
@@ -377,7 +384,7 @@ pub async fn put_file(
     checksum_headers(resp.headers_mut(), &done.md5);
     resp.headers_mut()
         .insert(header::ETAG, value(format!("\"{}\"", done.md5)));
-    Ok(resp)
+    resp
 }
 
 /// The URL path of a file under `/files/`, percent-encoded.

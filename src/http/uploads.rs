@@ -12,8 +12,7 @@ use crate::core::error::{Code, Error};
 use crate::core::uploads::{Append, Declared, UploadInfo};
 use crate::http::ApiError;
 use crate::http::files::{
-    CONTENT_DIGEST, CONTENT_MD5, body_error, checksum_headers, content_length, expected_md5,
-    file_url,
+    CONTENT_DIGEST, CONTENT_MD5, body_error, checksum_headers, content_length, expected_md5, stored,
 };
 use axum::Json;
 use axum::body::Body;
@@ -116,40 +115,11 @@ struct Created {
     expires_in: u64,
 }
 
-/// The JSON answer of a completed upload that created its file, as `PUT` gives it.
-#[derive(Serialize)]
-struct Stored {
-    path: String,
-    size: u64,
-    md5: String,
-}
-
 /// The answer to a request that carried upload data and ended normally.
 fn answer(info: UploadInfo, creation: bool) -> Response {
     let mut resp = match (&info.stored, creation) {
-        (Some(done), _) => {
-            // The upload is complete: answer as the PUT of the whole file would have.
-            let mut r = if done.created {
-                let mut r = (
-                    StatusCode::CREATED,
-                    Json(Stored {
-                        path: info.path.clone(),
-                        size: done.size,
-                        md5: done.md5.clone(),
-                    }),
-                )
-                    .into_response();
-                r.headers_mut()
-                    .insert(header::LOCATION, value(file_url(&info.path)));
-                r
-            } else {
-                StatusCode::NO_CONTENT.into_response()
-            };
-            checksum_headers(r.headers_mut(), &done.md5);
-            r.headers_mut()
-                .insert(header::ETAG, value(format!("\"{}\"", done.md5)));
-            r
-        }
+        // The upload is complete: answer as the PUT of the whole file would have.
+        (Some(done), _) => stored(&info.path, done),
         (None, true) => {
             let location = upload_url(&info.id);
             let mut r = (

@@ -9,7 +9,6 @@ use crate::core::Core;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -47,26 +46,9 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let cfg = Arc::new(cfg);
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    // Out of descriptors and similar: say so and keep serving.
-                    tracing::warn!(error = %e, "tcp accept failed; pausing 100 ms");
-                    // Out of descriptors: retrying at once would spin; give closing ones a moment.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = sock.set_nodelay(true);
+    let max = cfg.max_connections;
+    let stop = shutdown.clone();
+    crate::listen::accept_loop(listener, max, stop, "tcp", |sock, peer, permit| {
         let conn = conn::Conn::new(
             core.clone(),
             cfg.clone(),
@@ -78,5 +60,6 @@ pub async fn serve(
             conn.run(sock).await;
             drop(permit);
         });
-    }
+    })
+    .await;
 }
