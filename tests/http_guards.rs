@@ -185,3 +185,35 @@ async fn served_files_are_inert_and_ranges_are_no_check() {
     let transfers = s.core.registry.transfers();
     assert_eq!(transfers.len(), 2, "{transfers:?}");
 }
+
+/// A client that never finishes its request headers is cut off after the header timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s =
+        TestServer::start_with(|c| c.http.header_timeout = std::time::Duration::from_millis(300))
+            .await;
+    let addr = s.http.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        sock.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
