@@ -343,6 +343,10 @@ impl Registry {
                 return;
             };
             let mut info = snapshot(&t);
+            // An upload of unannounced size shows its total once it is known.
+            if state == TransferState::Verified {
+                info.bytes_total = info.bytes_total.max(info.bytes_done);
+            }
             info.state = state;
             info.md5 = md5;
             info.ended_at = Some(now_ms());
