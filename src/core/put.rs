@@ -34,7 +34,8 @@ impl Files {
         let slot = self.transfer_slot()?;
         let this = self.clone();
         let rel2 = rel.clone();
-        let (tmp, file) = blocking(move || create_temp(&this, &rel2)).await?;
+        // The guard removes the temp file if this request goes away before the upload holds it.
+        let (tmp, file) = blocking(move || create_temp(&this, &rel2)).await?.keep();
         let (tx, rx) = mpsc::channel(QUEUE);
         let files = self.clone();
         let (rel3, expected) = (rel.clone(), md5.clone());
@@ -69,7 +70,7 @@ impl Files {
 /// Opens a fresh temp file next to the target `rel` (blocking): the target must not be a
 /// directory, its parent is created if missing, and everything stays inside the root. Returns
 /// the temp file's path and the file, opened for writing.
-pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<(RelPath, std::fs::File)> {
+pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     let Some((parent, name)) = rel.split() else {
         return Err(Error::bad_request("cannot put to the root directory"));
     };
@@ -96,7 +97,10 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<(RelPath, std:
         .dir
         .open_with(tmp.as_path(), &opts)
         .map_err(|e| Error::io(e, rel.as_str()))?;
-    Ok((tmp, file.into_std()))
+    Ok(NewTemp {
+        files: files.clone(),
+        made: Some((tmp, file.into_std())),
+    })
 }
 
 /// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
@@ -329,4 +333,27 @@ fn write_and_verify(
     }
     let r = file.sync_all().map(|_| file).map_err(Error::internal);
     (r, Some(actual))
+}
+
+/// A temp file just made for an upload that no upload holds yet: removed if dropped before
+/// [`NewTemp::keep`], so a creation whose request goes away while it waits leaves nothing behind.
+pub(crate) struct NewTemp {
+    files: Files,
+    made: Option<(RelPath, std::fs::File)>,
+}
+
+impl NewTemp {
+    /// Hands the temp file over to its upload, which removes it from then on.
+    pub(crate) fn keep(mut self) -> (RelPath, std::fs::File) {
+        self.made.take().expect("kept once")
+    }
+}
+
+impl Drop for NewTemp {
+    fn drop(&mut self) {
+        if let Some((tmp, file)) = self.made.take() {
+            drop(file);
+            let _ = self.files.dir.remove_file(tmp.as_path());
+        }
+    }
 }

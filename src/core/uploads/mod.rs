@@ -28,7 +28,7 @@ use crate::core::registry::{TransferState, new_id};
 use crate::core::transfer::TransferCtx;
 use disk::Job;
 use serde::Serialize;
-use state::{NewTemp, Parked, Slot, Upload, check_md5s, gone, length_of};
+use state::{Parked, Slot, Upload, check_md5s, gone, length_of};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -177,11 +177,7 @@ impl Uploads {
         let files = self.inner.files.clone();
         let rel2 = rel.clone();
         // The guard removes the file if this request goes away before the upload holds it.
-        let (tmp, file) = blocking(move || {
-            create_temp(&files, &rel2).map(|(tmp, file)| NewTemp::new(files, tmp, file))
-        })
-        .await?
-        .keep();
+        let (tmp, file) = blocking(move || create_temp(&files, &rel2)).await?.keep();
         let files = &self.inner.files;
         let handle = files
             .registry

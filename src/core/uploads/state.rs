@@ -3,7 +3,6 @@
 use super::{Declared, UploadInfo};
 use crate::core::checksum::{Md5Stream, is_md5_hex};
 use crate::core::error::{Code, Error, Result};
-use crate::core::files::Files;
 use crate::core::paths::RelPath;
 use crate::core::put::PutDone;
 use crate::core::transfer::TransferCtx;
@@ -62,37 +61,6 @@ impl Upload {
             complete: stored.is_some(),
             expires_in: expiry.saturating_sub(self.touched.elapsed()).as_secs(),
             stored,
-        }
-    }
-}
-
-/// A temp file just made for an upload that no upload holds yet: removed if dropped before
-/// [`NewTemp::keep`], so a creation whose request goes away while it waits leaves nothing behind.
-pub(super) struct NewTemp {
-    files: Files,
-    made: Option<(RelPath, std::fs::File)>,
-}
-
-impl NewTemp {
-    /// Guards the temp file `tmp`, open as `file`.
-    pub(super) fn new(files: Files, tmp: RelPath, file: std::fs::File) -> NewTemp {
-        NewTemp {
-            files,
-            made: Some((tmp, file)),
-        }
-    }
-
-    /// Hands the temp file over to its upload, which removes it from then on.
-    pub(super) fn keep(mut self) -> (RelPath, std::fs::File) {
-        self.made.take().expect("kept once")
-    }
-}
-
-impl Drop for NewTemp {
-    fn drop(&mut self) {
-        if let Some((tmp, file)) = self.made.take() {
-            drop(file);
-            let _ = self.files.dir.remove_file(tmp.as_path());
         }
     }
 }
