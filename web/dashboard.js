@@ -90,14 +90,16 @@ function render() {
     }),
     'No transfers yet.'));
   document.getElementById('checks').replaceChildren(table(
-    ['Result', 'Path', 'Dir', 'Transport', 'Expected', 'Actual', 'When'],
+    ['Result', 'Path', 'Dir', 'Transport', 'MD5', 'When'],
     checks.slice(0, 100).map((c) => el('tr', { class: 'check', 'data-path': c.path, 'data-result': c.result },
       el('td', {}, el('span', { class: `badge ${c.result === 'ok' ? 'ok' : 'bad'}` }, c.result)),
       el('td', { class: 'mono ellipsis', title: c.path }, c.path),
       el('td', {}, c.direction),
       el('td', {}, c.transport),
-      el('td', { class: 'mono small' }, c.expected),
-      el('td', { class: 'mono small' }, c.actual || '—'),
+      // A mismatch shows both sides; a match shows the one MD5 both sides agree on.
+      el('td', { class: 'mono small', title: `expected ${c.expected}, found ${c.actual || 'nothing'}` },
+        c.result === 'ok' ? c.expected
+          : el('span', { class: 'error' }, `${c.expected} ≠ ${c.actual || '?'}`)),
       el('td', {}, fmtTime(c.at)))),
     'No checks yet.'));
 }

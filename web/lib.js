@@ -32,7 +32,8 @@ export function fmtTime(ms) {
   if (!ms) return '';
   const d = new Date(ms);
   const today = new Date().toDateString() === d.toDateString();
-  return today ? d.toLocaleTimeString() : d.toLocaleString();
+  const time = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  return today ? time : `${d.toLocaleDateString()} ${time}`;
 }
 
 /** A path under the root as a /files/ URL, each segment percent-encoded. */

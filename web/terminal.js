@@ -2,7 +2,10 @@
 //
 // Protocol: binary frames carry terminal bytes both ways; text frames are JSON:
 // {"type":"session","id"} and {"type":"exit","code"} from the server, {"type":"resize","cols","rows"}
-// to it. A reload resumes with /term/ws?session=ID&seq=N, N being the output bytes already shown.
+// to it. The session id and the count of output bytes received (seq) live in sessionStorage. A
+// reconnect within the page resumes with /term/ws?session=ID&seq=N, N the bytes already shown; a
+// reloaded page has an empty screen, so it resumes the same shell with seq=0 to have the server
+// repaint what it still holds.
 import { el } from './lib.js';
 
 const KEY_ID = 'ferry.term.session';
@@ -24,6 +27,7 @@ export async function openTerminal(container, status) {
     container.replaceChildren(el('div', { class: 'notice', id: 'term-unavailable' },
       el('strong', {}, 'No terminal on this server. '),
       'This ferry build does not offer /term/ws (the endpoint answered 404).'));
+    container.classList.add('unavailable');
     status.textContent = 'unavailable';
     return null;
   }
@@ -41,6 +45,7 @@ export async function openTerminal(container, status) {
   let ws = null;
   let exited = false;
   let failures = 0;
+  let seq = 0;
   const send = (data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(data); };
   const sendSize = () => send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
   term.onData((d) => send(enc.encode(d)));
@@ -49,7 +54,6 @@ export async function openTerminal(container, status) {
 
   function connect() {
     const id = sessionStorage.getItem(KEY_ID);
-    const seq = Number(sessionStorage.getItem(KEY_SEQ) || 0);
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const query = id ? `?session=${encodeURIComponent(id)}&seq=${seq}` : '';
     ws = new WebSocket(`${proto}//${location.host}/term/ws${query}`);
@@ -61,7 +65,8 @@ export async function openTerminal(container, status) {
         let msg;
         try { msg = JSON.parse(e.data); } catch { return; }
         if (msg.type === 'session') {
-          if (msg.id !== sessionStorage.getItem(KEY_ID)) sessionStorage.setItem(KEY_SEQ, '0');
+          if (msg.id !== sessionStorage.getItem(KEY_ID)) seq = 0;
+          sessionStorage.setItem(KEY_SEQ, String(seq));
           sessionStorage.setItem(KEY_ID, msg.id);
           status.textContent = `session ${msg.id}`;
         } else if (msg.type === 'exit') {
@@ -75,8 +80,8 @@ export async function openTerminal(container, status) {
       }
       const bytes = new Uint8Array(e.data);
       term.write(bytes);
-      const n = Number(sessionStorage.getItem(KEY_SEQ) || 0) + bytes.byteLength;
-      sessionStorage.setItem(KEY_SEQ, String(n));
+      seq += bytes.byteLength;
+      sessionStorage.setItem(KEY_SEQ, String(seq));
     };
     ws.onclose = () => {
       if (exited) return;
@@ -85,6 +90,7 @@ export async function openTerminal(container, status) {
       if (!opened && failures >= 2) {
         sessionStorage.removeItem(KEY_ID);
         sessionStorage.removeItem(KEY_SEQ);
+        seq = 0;
       }
       status.textContent = 'disconnected; reconnecting…';
       setTimeout(connect, Math.min(5000, 300 * failures));
@@ -96,5 +102,5 @@ export async function openTerminal(container, status) {
   window.addEventListener('resize', safeFit);
   connect();
   term.focus();
-  return { term, fit: safeFit, restart() { exited = false; sessionStorage.removeItem(KEY_ID); sessionStorage.removeItem(KEY_SEQ); term.reset(); connect(); } };
+  return { term, fit: safeFit, restart() { exited = false; seq = 0; sessionStorage.removeItem(KEY_ID); sessionStorage.removeItem(KEY_SEQ); term.reset(); connect(); } };
 }

@@ -36,6 +36,65 @@ function check(cond, what) {
   if (!cond) throw new Error(`check failed: ${what}`);
 }
 
+/**
+ * The terminal client against an in-browser stand-in for /term/ws that speaks the described
+ * protocol (session and exit messages, binary terminal bytes, resume with ?session=ID&seq=N).
+ * It checks the client's side of the protocol while the server has no terminal.
+ */
+async function mockTerminal(context, page) {
+  const output = []; // every byte the "shell" sent, in order, for resumes
+  const seen = { resumes: [], resizes: 0 };
+  let line = '';
+  await context.route('**/term/ws', (route) => route.fulfill({ status: 400, body: 'upgrade required' }));
+  await context.routeWebSocket(/\/term\/ws/, (ws) => {
+    const url = new URL(ws.url());
+    const emit = (text) => { const b = Buffer.from(text); output.push(...b); ws.send(b); };
+    if (url.searchParams.get('session') === 'mock-1') {
+      const seq = Number(url.searchParams.get('seq'));
+      seen.resumes.push(seq);
+      ws.send(JSON.stringify({ type: 'session', id: 'mock-1' }));
+      if (seq < output.length) ws.send(Buffer.from(output.slice(seq)));
+    } else {
+      ws.send(JSON.stringify({ type: 'session', id: 'mock-1' }));
+      emit('mock$ ');
+    }
+    ws.onMessage((m) => {
+      if (typeof m === 'string') {
+        if (JSON.parse(m).type === 'resize') seen.resizes++;
+        return;
+      }
+      for (const ch of m.toString()) {
+        if (ch === '\r') {
+          const out = line === 'echo hi' ? 'hi\r\n' : '';
+          line = '';
+          emit(`\r\n${out}mock$ `);
+        } else {
+          line += ch;
+          emit(ch);
+        }
+      }
+    });
+  });
+  const screen = () => page.locator('#term .xterm-rows').innerText();
+  await step('terminal client (mock /term/ws): echo hi, resize, resume after a reload', async () => {
+    await page.reload();
+    await page.locator('#term .xterm-rows').waitFor();
+    await page.locator('#term').click();
+    await page.keyboard.type('echo hi\n');
+    await page.waitForFunction(() => /^hi\s*$/m.test(document.querySelector('#term .xterm-rows')?.innerText || ''));
+    check(seen.resizes > 0, 'the client sent its size');
+    const shown = await page.evaluate(() => [sessionStorage.getItem('ferry.term.session'), Number(sessionStorage.getItem('ferry.term.seq'))]);
+    check(shown[0] === 'mock-1' && shown[1] === output.length, `stored session and seq: ${shown}, sent ${output.length}`);
+    await page.reload();
+    await page.locator('#term .xterm-rows').waitFor();
+    await page.waitForFunction(() => /^hi\s*$/m.test(document.querySelector('#term .xterm-rows')?.innerText || ''));
+    check(seen.resumes.length === 1 && seen.resumes[0] === 0, `resumed from seq 0 on a fresh page: ${seen.resumes}`);
+    const text = await screen();
+    check(text.includes('mock$ echo hi'), `replayed screen: ${text}`);
+  });
+  await context.unrouteAll({ behavior: 'ignoreErrors' });
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-dev-shm-usage'],
@@ -125,6 +184,7 @@ try {
     });
     skip('terminal: echo hi', 'the server has no /term/ws');
     skip('terminal: the shell survives a reload', 'the server has no /term/ws');
+    await mockTerminal(context, page);
   } else {
     const screenText = () => page.locator('#term .xterm-rows').innerText();
     const waitScreen = (re) => page.waitForFunction(
@@ -156,6 +216,30 @@ try {
     await page.click('[data-tab="recordings"]');
     await page.locator('#recordings :is(ul, p, .notice)').first().waitFor();
   });
+
+  const recStatus = await page.evaluate(async () => (await fetch('/api/v1/recordings')).status);
+  if (recStatus === 404) {
+    skip('recordings: the server lists its own', 'the server has no /api/v1/recordings');
+    // The player against a stand-in recording: its timing, with a long pause cut short.
+    const cast = [
+      JSON.stringify({ version: 2, width: 60, height: 8, timestamp: 1764100000 }),
+      JSON.stringify([0.1, 'o', 'mock$ echo one\r\none\r\n']),
+      JSON.stringify([0.2, 'i', 'ignored input']),
+      JSON.stringify([60.0, 'o', 'mock$ echo two\r\ntwo\r\n']),
+    ].join('\n') + '\n';
+    await context.route('**/api/v1/recordings', (r) => r.fulfill({ json: { recordings: [{ id: 'demo', started_at: Date.now() }] } }));
+    await context.route('**/api/v1/recordings/demo', (r) => r.fulfill({ body: cast, contentType: 'application/x-asciicast' }));
+    await step('recordings player (stand-in list): replays a cast, skipping a long pause', async () => {
+      await page.reload();
+      await page.locator('#recordings a').first().click();
+      const t0 = Date.now();
+      await page.waitForFunction(() => /^two\s*$/m.test(document.querySelector('#player .xterm-rows')?.innerText || ''), null, { timeout: 10000 });
+      check(Date.now() - t0 < 8000, 'the 60 s pause was cut short');
+      const text = await page.locator('#player .xterm-rows').innerText();
+      check(/^one\s*$/m.test(text) && !text.includes('ignored'), `player screen: ${text}`);
+    });
+    await context.unrouteAll({ behavior: 'ignoreErrors' });
+  }
 
   await step('at phone width the UI still fits', async () => {
     await page.setViewportSize({ width: 390, height: 800 });
