@@ -120,6 +120,17 @@ async fn wrong_tokens_get_no_cookie() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert!(resp.headers().get(SET_COOKIE).is_some());
+    // The terminal page is the one other place a login form leads back to; no open redirect.
+    for (next, to) in [("term", "/term"), ("https://evil.example", "/")] {
+        let resp = plain()
+            .post(srv.url("/login"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(format!("token={TOKEN}&next={next}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[LOCATION], to, "next={next}");
+    }
     // A forged cookie is no login.
     let resp = plain()
         .get(srv.url("/api/v1/sessions"))
