@@ -117,6 +117,8 @@ impl ServeArgs {
                 request_timeout: Duration::from_secs(self.request_timeout.max(1)),
                 header_timeout: Duration::from_secs(self.hello_timeout),
                 max_connections: self.max_connections,
+                // No TLS yet: a cookie marked Secure would never come back over plain HTTP.
+                secure_cookies: false,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
         })

@@ -1,14 +1,20 @@
-//! Bearer-token authentication of every HTTP request but `/healthz`.
+//! Authentication of every HTTP request but `/healthz` and the login pages: a bearer token, or
+//! a browser login cookie (with a CSRF rule for requests that change state).
 
 use crate::core::Core;
 use crate::core::error::Code;
 use crate::http::ApiError;
 use crate::http::conn::ConnState;
+use crate::http::login::{Logins, cookie_id};
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+
+/// The header a browser page sends on requests that change state, proving it is same-origin:
+/// a cross-site page cannot set it without a CORS preflight, which ferry never grants.
+pub const X_FERRY: &str = "x-ferry";
 
 /// The token presented in `Authorization: Bearer <token>`, if any.
 pub fn bearer(req: &Request) -> Option<&str> {
@@ -17,15 +23,62 @@ pub fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Checks the token; on success the request carries the connection's session [`Actor`](crate::core::audit::Actor).
-pub async fn require_token(State(core): State<Core>, mut req: Request, next: Next) -> Response {
-    if !core.auth.check(bearer(&req)) {
-        let message = if req.headers().contains_key(header::AUTHORIZATION) {
-            "wrong token"
-        } else {
-            "missing token: send Authorization: Bearer <token>"
-        };
-        return ApiError::new(Code::Unauthorized, message).into_response();
+/// Whether a cookie-authenticated request may change state: a GET or HEAD always may; other
+/// methods must not come from another origin, and must show they were sent by script (an
+/// `X-Ferry` header or a JSON body) or by a same-origin page (an `Origin` equal to the host).
+pub fn csrf_ok(method: &Method, headers: &HeaderMap) -> bool {
+    if *method == Method::GET || *method == Method::HEAD {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let same_origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(origin)) => Some(host.is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(host))
+        })),
+        Some(Err(_)) => Some(false),
+    };
+    if same_origin == Some(false) {
+        return false;
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    same_origin == Some(true) || json || headers.contains_key(X_FERRY)
+}
+
+/// Checks the token or the login cookie; on success the request carries the connection's
+/// session [`Actor`](crate::core::audit::Actor). A wrong bearer token is refused even with a
+/// valid cookie.
+pub async fn require_token(
+    State(core): State<Core>,
+    axum::Extension(logins): axum::Extension<Logins>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let has_bearer = req.headers().contains_key(header::AUTHORIZATION);
+    if has_bearer {
+        if !core.auth.check(bearer(&req)) {
+            return ApiError::new(Code::Unauthorized, "wrong token").into_response();
+        }
+    } else if cookie_id(req.headers()).is_some_and(|id| logins.valid(id)) {
+        if !csrf_ok(req.method(), req.headers()) {
+            return ApiError::new(
+                Code::ForbiddenPath,
+                "cross-site request refused: send X-Ferry: 1 (or a JSON body) from the same origin",
+            )
+            .into_response();
+        }
+    } else {
+        return ApiError::new(
+            Code::Unauthorized,
+            "missing token: send Authorization: Bearer <token>, or log in at /login",
+        )
+        .into_response();
     }
     let Some(conn) = req.extensions().get::<Arc<ConnState>>().cloned() else {
         return ApiError::new(Code::Internal, "request without a connection").into_response();
@@ -33,4 +86,46 @@ pub async fn require_token(State(core): State<Core>, mut req: Request, next: Nex
     let actor = conn.session(&core).await;
     req.extensions_mut().insert(actor);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn csrf_rule() {
+        assert!(csrf_ok(&Method::GET, &headers(&[])));
+        assert!(!csrf_ok(&Method::POST, &headers(&[])));
+        assert!(!csrf_ok(
+            &Method::POST,
+            &headers(&[("content-type", "text/plain")])
+        ));
+        assert!(csrf_ok(&Method::PUT, &headers(&[("x-ferry", "1")])));
+        assert!(csrf_ok(
+            &Method::POST,
+            &headers(&[("content-type", "application/json")])
+        ));
+        assert!(csrf_ok(
+            &Method::DELETE,
+            &headers(&[("origin", "http://127.0.0.1:8080")])
+        ));
+        assert!(!csrf_ok(
+            &Method::DELETE,
+            &headers(&[("origin", "http://evil.example"), ("x-ferry", "1")])
+        ));
+        assert!(!csrf_ok(
+            &Method::POST,
+            &headers(&[("origin", "null"), ("content-type", "application/json")])
+        ));
+    }
 }

@@ -1,4 +1,5 @@
-//! The HTTP transport (axum): files with checksum headers, uploads, exec and the JSON API.
+//! The HTTP transport (axum): files with checksum headers, uploads, exec, the JSON API and the
+//! browser UI with its login.
 //!
 //! A thin adapter like the TCP one: it authenticates, calls the core and encodes. Each
 //! connection that presents a valid token becomes one session (transport `http`).
@@ -9,12 +10,14 @@ mod conn;
 mod error;
 mod exec;
 mod files;
+mod login;
 pub mod range;
 mod routes;
 mod uploads;
+mod web;
 
 pub use error::ApiError;
-pub use routes::{ROUTES, Shutdown, router};
+pub use routes::{PUBLIC, ROUTES, Shutdown, router};
 
 use crate::core::Core;
 use std::time::Duration;
@@ -35,6 +38,8 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Most connections at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Whether login cookies say `Secure` (set it when a TLS proxy fronts ferry).
+    pub secure_cookies: bool,
 }
 
 impl Default for HttpConfig {
@@ -45,6 +50,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            secure_cookies: false,
         }
     }
 }

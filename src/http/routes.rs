@@ -2,7 +2,8 @@
 
 use crate::core::Core;
 use crate::core::error::Code;
-use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, uploads};
+use crate::http::login::{LOGIN_TTL, Logins};
+use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, login, uploads, web};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +41,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/term"),
+    ("GET", "/assets/{*path}"),
+];
+
+/// The paths served without a token: liveness, and the UI's pages and assets (`/` and `/term`
+/// redirect to the login page when the browser has no login; assets hold no secrets).
+pub const PUBLIC: &[&str] = &[
+    "/healthz",
+    "/",
+    "/login",
+    "/logout",
+    "/term",
+    "/assets/{*path}",
 ];
 
 fn at(router: Router<Core>, path: &'static str, methods: MethodRouter<Core>) -> Router<Core> {
@@ -99,7 +117,23 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
             core.clone(),
             auth::require_token,
         ));
-    let open = at(Router::new(), "/healthz", get(api::healthz));
+    let mut open = Router::new();
+    for (path, methods) in [
+        ("/healthz", get(api::healthz)),
+        // The pages check the login themselves: a browser without one is sent to /login.
+        ("/", get(web::index)),
+        ("/term", get(web::term)),
+        ("/login", get(web::login_page).post(login::login)),
+        ("/logout", post(login::logout)),
+        ("/assets/{*path}", get(web::asset)),
+    ] {
+        open = at(open, path, methods);
+    }
+    let open = open.layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        cfg.request_timeout,
+    ));
+    let logins = Logins::new(LOGIN_TTL, cfg.secure_cookies);
     // `Router::layer` wraps every route on its own, so the limit shares one semaphore across
     // them. A request holds its slot until its answer's headers are out; streamed bodies
     // (downloads, NDJSON, events) are bounded by the core's transfer and exec limits instead.
@@ -114,6 +148,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(axum::Extension(shutdown))
+        .layer(axum::Extension(logins))
         .layer(DefaultBodyLimit::max(16 << 20))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),

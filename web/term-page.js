@@ -1,0 +1,4 @@
+// /term: one terminal filling the window.
+import { openTerminal } from './terminal.js';
+
+openTerminal(document.getElementById('term'), document.getElementById('term-status'));
