@@ -11,6 +11,7 @@ mod exec;
 mod files;
 pub mod range;
 mod routes;
+mod term;
 mod uploads;
 
 pub use error::ApiError;
@@ -35,6 +36,8 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Most connections at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Origins besides the request's own host whose pages may open a terminal (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -45,6 +48,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::core::Core;
 use crate::core::error::Code;
-use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, uploads};
+use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, term, uploads};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +40,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/recordings"),
+    ("GET", "/api/v1/recordings/{id}"),
+    ("GET", "/term/ws"),
 ];
 
 fn at(router: Router<Core>, path: &'static str, methods: MethodRouter<Core>) -> Router<Core> {
@@ -65,6 +68,8 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         ("/api/v1/checks", get(api::checks)),
         ("/api/v1/audit", get(api::audit)),
         ("/api/v1/openapi.json", get(api::openapi)),
+        ("/api/v1/recordings", get(term::recordings)),
+        ("/api/v1/recordings/{id}", get(term::recording)),
         ("/metrics", get(api::metrics)),
     ] {
         bounded = at(bounded, path, methods);
@@ -76,6 +81,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     let mut long = Router::new();
     long = at(long, "/api/v1/exec", post(exec::exec));
     long = at(long, "/api/v1/events", get(api::events));
+    long = at(long, "/term/ws", get(term::ws));
     long = at(long, "/files/", get(files::get_root).head(files::get_root));
     long = at(
         long,
@@ -114,6 +120,9 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(axum::Extension(shutdown))
+        .layer(axum::Extension(term::AllowedOrigins(Arc::new(
+            cfg.allowed_origins.clone(),
+        ))))
         .layer(DefaultBodyLimit::max(16 << 20))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),

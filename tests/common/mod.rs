@@ -47,6 +47,10 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         hello_timeout: 10,
         shutdown_grace: 5,
         upload_expiry: 3600,
+        term_grace: 300,
+        term_idle: 3600,
+        no_record: false,
+        allow_origin: Vec::new(),
     }
     .to_config(TOKEN.to_string())
     .unwrap();
