@@ -123,6 +123,7 @@ impl ServeArgs {
                     grace: Duration::from_secs(self.term_grace),
                     idle: Duration::from_secs(self.term_idle),
                     record: !self.no_record,
+                    ..TermConfig::default()
                 },
             },
             tcp: TcpConfig {

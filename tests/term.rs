@@ -315,6 +315,29 @@ async fn reconnect_replays_exactly_the_missed_output() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn output_that_left_the_buffer_is_reported_and_the_old_client_is_told() {
+    let srv = TestServer::start().await;
+    let mut t = Term::connect(&srv, "").await;
+    t.type_line("head -c 1500000 /dev/zero | tr '\\0' x; echo; echo D$((1+1))NE")
+        .await;
+    t.until("D2NE").await;
+    let mut again = Term::connect(&srv, &format!("?session={}&seq=0", t.id)).await;
+    let lost = again.control("lost").await;
+    assert_eq!(lost["from"], 0);
+    let to = lost["to"].as_u64().unwrap();
+    assert!(
+        to > 0 && to == t.seq - RING_BYTES as u64,
+        "{lost} after {}",
+        t.seq
+    );
+    assert_eq!(again.seq, to);
+    again.until("D2NE").await;
+    // The first client is told another one took the session over.
+    assert_eq!(t.control("taken").await["type"], "taken");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_stops_the_shell_not_the_server() {
     let srv = TestServer::start().await;
     let mut t = Term::connect(&srv, "").await;

@@ -5,8 +5,8 @@
 //! middleware; the `Origin` check here refuses other sites' pages.
 
 use crate::core::Core;
-use crate::core::error::Code;
-use crate::core::term::{Attachment, TermEvent, TermSize};
+use crate::core::error::{Code, Error, Result};
+use crate::core::term::{Attachment, Input, InputSender, TermEvent, TermSize};
 use crate::http::ApiError;
 use crate::http::conn::ConnState;
 use axum::Json;
@@ -52,7 +52,7 @@ pub async fn ws(
     headers: HeaderMap,
     Query(q): Query<TermQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
+) -> std::result::Result<Response, ApiError> {
     if !origin_allowed(&headers, &allowed.0) {
         return Err(ApiError::new(
             Code::ForbiddenOrigin,
@@ -75,7 +75,11 @@ pub async fn ws(
             core.term.open(actor, guard, size).await?
         }
     };
-    Ok(upgrade.on_upgrade(move |socket| run(socket, attachment)))
+    // Keystrokes and control messages are small; a client cannot make the server hold more.
+    Ok(upgrade
+        .max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| run(socket, attachment)))
 }
 
 /// Whether the request's `Origin` (if any) is its own host or an allowed origin.
@@ -110,10 +114,7 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 }
 
 async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
-    socket
-        .send(Message::Text(v.to_string().into()))
-        .await
-        .is_ok()
+    socket.send(json_msg(v)).await.is_ok()
 }
 
 async fn close(mut socket: WebSocket, reason: &'static str) {
@@ -136,57 +137,57 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
     {
         return;
     }
+    let input = att.input();
+    // Input the shell has not taken yet: output keeps flowing while it waits, and no further
+    // message is read (the client's socket then backs up, not the server's memory).
+    let mut pending: Option<Input> = None;
     loop {
         tokio::select! {
-            ev = att.next() => match ev {
-                TermEvent::Output(bytes) => {
-                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+            ev = att.next() => {
+                let msg = match ev {
+                    TermEvent::Output(bytes) => Message::Binary(bytes.into()),
+                    TermEvent::Lost { from, to } => {
+                        json_msg(json!({"type": "lost", "from": from, "to": to}))
+                    }
+                    TermEvent::Exit(exit) => {
+                        let msg = json!({"type": "exit", "code": exit.code, "signal": exit.signal});
+                        if socket.send(json_msg(msg)).await.is_ok() {
+                            close(socket, "shell exited").await;
+                        }
                         return;
                     }
-                }
-                TermEvent::Lost { from, to } => {
-                    if !send_json(&mut socket, json!({"type": "lost", "from": from, "to": to})).await {
+                    TermEvent::Taken => {
+                        let msg = json!({"type": "taken", "message": "another client resumed this session"});
+                        if socket.send(json_msg(msg)).await.is_ok() {
+                            close(socket, "taken over").await;
+                        }
                         return;
                     }
-                }
-                TermEvent::Exit(exit) => {
-                    let msg = json!({"type": "exit", "code": exit.code, "signal": exit.signal});
-                    if send_json(&mut socket, msg).await {
-                        close(socket, "shell exited").await;
-                    }
+                };
+                if socket.send(msg).await.is_err() {
                     return;
                 }
-                TermEvent::Taken => {
-                    let msg = json!({"type": "taken", "message": "another client resumed this session"});
-                    if send_json(&mut socket, msg).await {
-                        close(socket, "taken over").await;
-                    }
+            }
+            r = feed(&input, pending.clone()) => {
+                pending = None;
+                if let Err(e) = r
+                    && e.code == Code::BadRequest
+                    && socket.send(error_msg(&e)).await.is_err()
+                {
                     return;
                 }
-            },
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    if att.input(bytes).await.is_err() {
-                        // The shell is gone: its exit message follows from `next`.
-                    }
-                }
-                Some(Ok(Message::Text(text))) => {
-                    let result = match serde_json::from_str::<Control>(&text) {
-                        Ok(Control::Resize { cols, rows }) => match TermSize::new(cols, rows) {
-                            Ok(size) => att.resize(size).await,
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(crate::core::error::Error::bad_request(format!(
-                            "unknown control message: {e}"
-                        ))),
-                    };
-                    if let Err(e) = result {
-                        let msg = json!({"type": "error", "code": e.code.as_str(), "message": e.message});
-                        if !send_json(&mut socket, msg).await {
+                // Otherwise the shell is gone and its exit message follows from `next`.
+            }
+            msg = socket.recv(), if pending.is_none() => match msg {
+                Some(Ok(Message::Binary(bytes))) => pending = Some(Input::Bytes(bytes)),
+                Some(Ok(Message::Text(text))) => match control(&text) {
+                    Ok(i) => pending = Some(i),
+                    Err(e) => {
+                        if socket.send(error_msg(&e)).await.is_err() {
                             return;
                         }
                     }
-                }
+                },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
             },
@@ -194,8 +195,34 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
     }
 }
 
+/// Sends `input` to the shell; with nothing to send, never completes.
+async fn feed(sender: &InputSender, input: Option<Input>) -> Result<()> {
+    match input {
+        Some(i) => sender.send(i).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parses a control message from the client.
+fn control(text: &str) -> Result<Input> {
+    match serde_json::from_str::<Control>(text) {
+        Ok(Control::Resize { cols, rows }) => Ok(Input::Resize(TermSize::new(cols, rows)?)),
+        Err(e) => Err(Error::bad_request(format!("unknown control message: {e}"))),
+    }
+}
+
+fn json_msg(v: serde_json::Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn error_msg(e: &Error) -> Message {
+    json_msg(json!({"type": "error", "code": e.code.as_str(), "message": e.message}))
+}
+
 /// `GET /api/v1/recordings`: every terminal recording.
-pub async fn recordings(State(core): State<Core>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn recordings(
+    State(core): State<Core>,
+) -> std::result::Result<Json<serde_json::Value>, ApiError> {
     let list = core.term.recordings().await?;
     Ok(Json(json!({ "recordings": list })))
 }
@@ -204,11 +231,11 @@ pub async fn recordings(State(core): State<Core>) -> Result<Json<serde_json::Val
 pub async fn recording(
     State(core): State<Core>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> std::result::Result<Response, ApiError> {
     let path = core.term.recording_path(&id).await?;
     let bytes = tokio::fs::read(&path)
         .await
-        .map_err(|e| crate::core::error::Error::io(e, &id))?;
+        .map_err(|e| Error::io(e, &id))?;
     let mut resp = bytes.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -55,6 +55,10 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
     .to_config(TOKEN.to_string())
     .unwrap();
     cfg.shutdown_grace = Duration::from_secs(5);
+    // The test machine's rc files (slow to run) and history file stay out of terminal tests.
+    cfg.core.term.shell = ["/bin/bash", "--norc", "--noprofile", "+o", "history"]
+        .map(String::from)
+        .to_vec();
     cfg
 }
 

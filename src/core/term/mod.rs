@@ -11,7 +11,7 @@ mod session;
 mod supervise;
 
 pub use record::RecordingInfo;
-pub use session::{Attachment, Exit, TermEvent};
+pub use session::{Attachment, Exit, Input, InputSender, TermEvent};
 
 use crate::core::audit::{Actor, Audit};
 use crate::core::error::{Code, Error, Result};
@@ -50,6 +50,8 @@ pub struct TermConfig {
     pub idle: Duration,
     /// Whether sessions are recorded as asciicast files.
     pub record: bool,
+    /// The shell and its arguments (default: `/bin/bash`, else `/bin/sh`).
+    pub shell: Vec<String>,
 }
 
 impl Default for TermConfig {
@@ -58,6 +60,13 @@ impl Default for TermConfig {
             grace: Duration::from_secs(300),
             idle: Duration::from_secs(3600),
             record: true,
+            shell: vec![
+                ["/bin/bash", "/bin/sh"]
+                    .into_iter()
+                    .find(|p| std::path::Path::new(p).exists())
+                    .unwrap_or("/bin/sh")
+                    .to_string(),
+            ],
         }
     }
 }
@@ -171,10 +180,10 @@ impl Terminals {
             ));
         }
         let cwd = inner.files.resolve_dir("").await?;
-        let shell = ["/bin/bash", "/bin/sh"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("/bin/sh");
+        let Some((program, args)) = inner.cfg.shell.split_first() else {
+            return Err(Error::internal("no terminal shell configured"));
+        };
+        let shell = inner.cfg.shell.join(" ");
         let id = actor.session_id.clone();
         let rec_path = format!("{}/{id}.cast", record::RECORDINGS);
         let line = if inner.cfg.record {
@@ -185,7 +194,8 @@ impl Terminals {
         let (pty, pts) = pty_process::open().map_err(Error::internal)?;
         pty.resize(pty_process::Size::new(size.rows, size.cols))
             .map_err(Error::internal)?;
-        let mut cmd = pty_process::Command::new(shell)
+        let mut cmd = pty_process::Command::new(program)
+            .args(args)
             .current_dir(&cwd)
             .env_clear()
             .kill_on_drop(true);
@@ -264,12 +274,13 @@ impl Terminals {
             this.supervise(s2, child, tasks, actor, guard, started)
                 .await;
         });
-        tracing::info!(session = %id, shell, pid = ?pid, "terminal start");
+        inner.files.registry.set_current(&id, Some(line));
+        tracing::info!(session = %id, %shell, pid = ?pid, "terminal start");
         self.attach(&id, Some(0))
     }
 
-    /// Attaches to a live session, replaying its output from `seq` (default: the newest byte
-    /// still held). A previous client of the session is detached.
+    /// Attaches to a live session, replaying its output from `seq` (default: everything still
+    /// held). A previous client of the session is told it was taken over.
     pub fn attach(&self, id: &str, seq: Option<u64>) -> Result<Attachment> {
         let session = self
             .inner

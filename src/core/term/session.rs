@@ -26,8 +26,11 @@ pub struct Exit {
 }
 
 /// Input for the shell.
-pub(super) enum Input {
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Keystrokes (raw terminal bytes).
     Bytes(Bytes),
+    /// A new terminal size.
     Resize(TermSize),
 }
 
@@ -192,30 +195,39 @@ impl Attachment {
         }
     }
 
-    /// Sends keystrokes to the shell; waits while the shell does not read them.
-    pub async fn input(&self, bytes: Bytes) -> Result<()> {
-        self.session.counters.add_in(bytes.len() as u64);
-        self.touch();
-        self.session
-            .input
-            .send(Input::Bytes(bytes))
-            .await
-            .map_err(|_| Error::new(Code::Conflict, "the shell has ended"))
+    /// A handle that feeds the shell, usable while [`Attachment::next`] is pending.
+    pub fn input(&self) -> InputSender {
+        InputSender {
+            session: self.session.clone(),
+        }
     }
+}
 
-    /// Sets the terminal's size (1 to 1000 columns and rows).
-    pub async fn resize(&self, size: TermSize) -> Result<()> {
-        size.check()?;
-        self.touch();
-        self.session
-            .input
-            .send(Input::Resize(size))
-            .await
-            .map_err(|_| Error::new(Code::Conflict, "the shell has ended"))
-    }
+/// Feeds one session's shell.
+#[derive(Clone)]
+pub struct InputSender {
+    session: Arc<Session>,
+}
 
-    fn touch(&self) {
+impl InputSender {
+    /// Sends keystrokes or a resize (1 to 1000 columns and rows) to the shell; waits while the
+    /// shell does not read. Cancel-safe: if cancelled, nothing was sent.
+    pub async fn send(&self, input: Input) -> Result<()> {
+        if let Input::Resize(size) = &input {
+            size.check()?;
+        }
+        let n = match &input {
+            Input::Bytes(b) => b.len() as u64,
+            Input::Resize(_) => 0,
+        };
         self.session.state.lock().unwrap().last_active = Instant::now();
+        self.session
+            .input
+            .send(input)
+            .await
+            .map_err(|_| Error::new(Code::Conflict, "the shell has ended"))?;
+        self.session.counters.add_in(n);
+        Ok(())
     }
 }
 
