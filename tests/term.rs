@@ -396,3 +396,34 @@ async fn ending_a_session_kills_its_processes() {
     drop(t);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_ends_and_no_record_records_nothing() {
+    let srv = TestServer::start_with(|c| {
+        c.core.term.idle = Duration::from_millis(300);
+        c.core.term.record = false;
+    })
+    .await;
+    let mut t = Term::connect(&srv, "").await;
+    let shell = srv.core.term.stats(&t.id).unwrap().pid.unwrap() as i32;
+    // Nobody types and the shell prints nothing more: the idle timeout kills it.
+    let exit = t.control("exit").await;
+    assert_eq!(
+        (exit["code"].is_null(), exit["signal"].as_i64()),
+        (true, Some(9))
+    );
+    assert!(wait_dead(shell).await);
+    assert!(!srv.data.join(format!("recordings/{}.cast", t.id)).exists());
+    let ended = format!("id = '{}' AND end_reason = 'grace or idle timeout'", t.id);
+    assert!(
+        eventually(5, || srv
+            .core
+            .registry
+            .sessions()
+            .iter()
+            .all(|s| s.id != t.id))
+        .await
+    );
+    assert_eq!(srv.count("sessions", &ended).await, 1);
+    srv.stop().await;
+}

@@ -168,6 +168,19 @@ impl Terminals {
         guard: SessionGuard,
         size: TermSize,
     ) -> Result<Attachment> {
+        let id = actor.session_id.clone();
+        let r = self.start(actor, guard, size).await;
+        if r.is_err() {
+            // The guard is gone with the failed start: close the session's audit row too.
+            let audit = &self.inner.audit;
+            audit
+                .session_ended(&id, 0, 0, "terminal failed to start")
+                .await;
+        }
+        r
+    }
+
+    async fn start(&self, actor: Actor, guard: SessionGuard, size: TermSize) -> Result<Attachment> {
         size.check()?;
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
