@@ -69,7 +69,6 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         ("/api/v1/audit", get(api::audit)),
         ("/api/v1/openapi.json", get(api::openapi)),
         ("/api/v1/recordings", get(term::recordings)),
-        ("/api/v1/recordings/{id}", get(term::recording)),
         ("/metrics", get(api::metrics)),
     ] {
         bounded = at(bounded, path, methods);
@@ -82,6 +81,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     long = at(long, "/api/v1/exec", post(exec::exec));
     long = at(long, "/api/v1/events", get(api::events));
     long = at(long, "/term/ws", get(term::ws));
+    long = at(long, "/api/v1/recordings/{id}", get(term::recording));
     long = at(long, "/files/", get(files::get_root).head(files::get_root));
     long = at(
         long,

@@ -233,14 +233,31 @@ pub async fn recording(
     Path(id): Path<String>,
 ) -> std::result::Result<Response, ApiError> {
     let path = core.term.recording_path(&id).await?;
-    let bytes = tokio::fs::read(&path)
+    let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Error::io(e, &id))?;
-    let mut resp = bytes.into_response();
-    resp.headers_mut().insert(
+    let len = file.metadata().await.map_err(|e| Error::io(e, &id))?.len();
+    // Streamed in chunks: a recording may be large. A live session's file grows meanwhile:
+    // the answer is the file as long as it was when asked.
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold(file.take(len), |mut f| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut resp = axum::body::Body::from_stream(chunks).into_response();
+    let h = resp.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-asciicast"),
     );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(resp)
 }
 
