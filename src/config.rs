@@ -2,6 +2,7 @@
 
 use crate::core::CoreConfig;
 use crate::core::exec::ExecLimits;
+use crate::core::term::TermConfig;
 use crate::http::HttpConfig;
 use crate::server::ServerConfig;
 use crate::tcp::TcpConfig;
@@ -61,6 +62,19 @@ pub struct ServeArgs {
     /// Seconds a resumable upload may stay idle before it is dropped with its temp file.
     #[arg(long, env = "FERRY_UPLOAD_EXPIRY", default_value_t = 3600)]
     pub upload_expiry: u64,
+    /// Seconds a terminal's shell lives on after its browser tab or network is gone (to resume).
+    #[arg(long, env = "FERRY_TERM_GRACE", default_value_t = 300)]
+    pub term_grace: u64,
+    /// Seconds a terminal session may see no input, output or client before it is ended.
+    #[arg(long, env = "FERRY_TERM_IDLE", default_value_t = 3600)]
+    pub term_idle: u64,
+    /// Do not record terminal sessions (recorded by default, as asciicast in <data-dir>/recordings).
+    #[arg(long, env = "FERRY_NO_RECORD")]
+    pub no_record: bool,
+    /// Origins (scheme://host[:port]) whose pages may open a terminal besides the server's own;
+    /// repeatable or comma-separated, `*` allows any.
+    #[arg(long, env = "FERRY_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
 }
 
 /// Parses `123`, `64K`, `1M`, `2G` (powers of 1024).
@@ -92,6 +106,7 @@ impl ServeArgs {
         );
         anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
         anyhow::ensure!(self.upload_expiry > 0, "--upload-expiry must be positive");
+        anyhow::ensure!(self.term_idle > 0, "--term-idle must be positive");
         Ok(ServerConfig {
             core: CoreConfig {
                 root: self.root.clone(),
@@ -104,6 +119,12 @@ impl ServeArgs {
                 },
                 upload_expiry: Duration::from_secs(self.upload_expiry),
                 max_upload: self.max_body,
+                term: TermConfig {
+                    grace: Duration::from_secs(self.term_grace),
+                    idle: Duration::from_secs(self.term_idle),
+                    record: !self.no_record,
+                    ..TermConfig::default()
+                },
             },
             tcp: TcpConfig {
                 max_connections: self.max_connections,
@@ -119,6 +140,7 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 // No TLS yet: a cookie marked Secure would never come back over plain HTTP.
                 secure_cookies: false,
+                allowed_origins: self.allow_origin.clone(),
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
         })

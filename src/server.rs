@@ -94,6 +94,8 @@ pub async fn start(
             kill.cancel();
             tracker.wait().await;
         }
+        // Terminal sessions end with the server: their shells' sessions are killed.
+        core2.term.close().await;
         // Idle resumable uploads cannot outlive the process: drop them and their temp files.
         core2.uploads.close().await;
         core2.audit.flush().await;

@@ -7,6 +7,8 @@ use std::io;
 pub enum Code {
     /// The token is missing or wrong.
     Unauthorized,
+    /// A browser page of another origin tried to open a terminal.
+    ForbiddenOrigin,
     /// The path or stream does not exist.
     NotFound,
     /// The path leaves the served root or is not acceptable.
@@ -38,6 +40,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Unauthorized => "unauthorized",
+            Code::ForbiddenOrigin => "forbidden_origin",
             Code::NotFound => "not_found",
             Code::ForbiddenPath => "forbidden_path",
             Code::ChecksumMismatch => "checksum_mismatch",
@@ -57,6 +60,7 @@ impl Code {
     pub fn parse(s: &str) -> Code {
         match s {
             "unauthorized" => Code::Unauthorized,
+            "forbidden_origin" => Code::ForbiddenOrigin,
             "not_found" => Code::NotFound,
             "forbidden_path" => Code::ForbiddenPath,
             "checksum_mismatch" => Code::ChecksumMismatch,

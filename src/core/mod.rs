@@ -15,6 +15,7 @@ mod output;
 pub mod paths;
 pub mod put;
 pub mod registry;
+pub mod term;
 pub mod transfer;
 pub mod uploads;
 
@@ -23,6 +24,7 @@ use crate::core::auth::Auth;
 use crate::core::exec::{ExecLimits, Executor};
 use crate::core::files::Files;
 use crate::core::registry::{Registry, SessionGuard, new_id};
+use crate::core::term::{TermConfig, Terminals};
 use crate::core::uploads::Uploads;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +45,8 @@ pub struct CoreConfig {
     pub upload_expiry: Duration,
     /// Largest resumable upload, however many requests carry it.
     pub max_upload: u64,
+    /// Terminal sessions.
+    pub term: TermConfig,
 }
 
 /// The shared core; cheap to clone.
@@ -60,6 +64,8 @@ pub struct Core {
     pub auth: Auth,
     /// Resumable uploads in progress.
     pub uploads: Uploads,
+    /// Terminal sessions.
+    pub term: Terminals,
 }
 
 impl Core {
@@ -79,6 +85,13 @@ impl Core {
             cfg.max_upload,
             shutdown.clone(),
         );
+        let term = Terminals::new(
+            cfg.term.clone(),
+            files.clone(),
+            audit.clone(),
+            cfg.data_dir.clone(),
+            shutdown.clone(),
+        );
         let exec = Executor::new(files.clone(), audit.clone(), cfg.exec.clone(), shutdown);
         let core = Core {
             files,
@@ -87,6 +100,7 @@ impl Core {
             audit,
             auth: Auth::new(&cfg.token),
             uploads,
+            term,
         };
         Ok((core, writer))
     }

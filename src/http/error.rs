@@ -30,7 +30,7 @@ pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::Unauthorized => StatusCode::UNAUTHORIZED,
         Code::NotFound => StatusCode::NOT_FOUND,
-        Code::ForbiddenPath => StatusCode::FORBIDDEN,
+        Code::ForbiddenPath | Code::ForbiddenOrigin => StatusCode::FORBIDDEN,
         Code::ChecksumMismatch | Code::BadRequest => StatusCode::BAD_REQUEST,
         Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Code::Timeout => StatusCode::GATEWAY_TIMEOUT,

@@ -13,6 +13,7 @@ mod files;
 mod login;
 pub mod range;
 mod routes;
+mod term;
 mod uploads;
 mod web;
 
@@ -40,6 +41,8 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Whether login cookies say `Secure` (set it when a TLS proxy fronts ferry).
     pub secure_cookies: bool,
+    /// Origins besides the request's own host whose pages may open a terminal (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +54,7 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
             secure_cookies: false,
+            allowed_origins: Vec::new(),
         }
     }
 }

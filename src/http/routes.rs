@@ -3,7 +3,7 @@
 use crate::core::Core;
 use crate::core::error::Code;
 use crate::http::login::{LOGIN_TTL, Logins};
-use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, login, uploads, web};
+use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, login, term, uploads, web};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +47,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/logout"),
     ("GET", "/term"),
     ("GET", "/assets/{*path}"),
+    ("GET", "/api/v1/recordings"),
+    ("GET", "/api/v1/recordings/{id}"),
+    ("GET", "/term/ws"),
 ];
 
 /// The paths served without a token: liveness, and the UI's pages and assets (`/` and `/term`
@@ -83,6 +86,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         ("/api/v1/checks", get(api::checks)),
         ("/api/v1/audit", get(api::audit)),
         ("/api/v1/openapi.json", get(api::openapi)),
+        ("/api/v1/recordings", get(term::recordings)),
         ("/metrics", get(api::metrics)),
     ] {
         bounded = at(bounded, path, methods);
@@ -94,6 +98,8 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     let mut long = Router::new();
     long = at(long, "/api/v1/exec", post(exec::exec));
     long = at(long, "/api/v1/events", get(api::events));
+    long = at(long, "/term/ws", get(term::ws));
+    long = at(long, "/api/v1/recordings/{id}", get(term::recording));
     long = at(long, "/files/", get(files::get_root).head(files::get_root));
     long = at(
         long,
@@ -149,6 +155,9 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(axum::Extension(shutdown))
         .layer(axum::Extension(logins))
+        .layer(axum::Extension(term::AllowedOrigins(Arc::new(
+            cfg.allowed_origins.clone(),
+        ))))
         .layer(DefaultBodyLimit::max(16 << 20))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),

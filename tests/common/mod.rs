@@ -47,10 +47,18 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         hello_timeout: 10,
         shutdown_grace: 5,
         upload_expiry: 3600,
+        term_grace: 300,
+        term_idle: 3600,
+        no_record: false,
+        allow_origin: Vec::new(),
     }
     .to_config(TOKEN.to_string())
     .unwrap();
     cfg.shutdown_grace = Duration::from_secs(5);
+    // The test machine's rc files (slow to run) and history file stay out of terminal tests.
+    cfg.core.term.shell = ["/bin/bash", "--norc", "--noprofile", "+o", "history"]
+        .map(String::from)
+        .to_vec();
     cfg
 }
 

@@ -43,6 +43,7 @@ fn a_creation_dropped_while_its_temp_file_is_made_leaves_nothing_behind() {
             },
             upload_expiry: Duration::from_secs(60),
             max_upload: 1 << 20,
+            term: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let (core, _writer) = Core::open(&cfg, shutdown.clone()).await.unwrap();

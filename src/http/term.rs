@@ -1,0 +1,298 @@
+//! The browser terminal over WebSocket (`GET /term/ws`) and the recordings API.
+//!
+//! Binary messages carry raw terminal bytes both ways; text messages carry JSON control
+//! messages (see `docs/protocol.md`). Auth is checked at upgrade time by the router's token
+//! middleware; the `Origin` check here refuses other sites' pages.
+
+use crate::core::Core;
+use crate::core::error::{Code, Error, Result};
+use crate::core::term::{Attachment, Input, InputSender, TermEvent, TermSize};
+use crate::http::ApiError;
+use crate::http::conn::ConnState;
+use axum::Json;
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// Origins allowed to open a terminal besides the request's own host.
+#[derive(Clone, Default)]
+pub struct AllowedOrigins(pub Arc<Vec<String>>);
+
+/// Query of `GET /term/ws`.
+#[derive(Deserialize)]
+pub struct TermQuery {
+    /// A session to resume.
+    session: Option<String>,
+    /// Output bytes of that session already seen (replay starts here).
+    seq: Option<u64>,
+    /// Columns of a new session (default 80).
+    cols: Option<i64>,
+    /// Rows of a new session (default 24).
+    rows: Option<i64>,
+}
+
+/// A control message from the client.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Control {
+    Resize { cols: i64, rows: i64 },
+}
+
+/// `GET /term/ws`: upgrades to a WebSocket on a new or resumed shell.
+pub async fn ws(
+    State(core): State<Core>,
+    axum::Extension(allowed): axum::Extension<AllowedOrigins>,
+    axum::Extension(conn): axum::Extension<Arc<ConnState>>,
+    headers: HeaderMap,
+    Query(q): Query<TermQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> std::result::Result<Response, ApiError> {
+    if !origin_allowed(&headers, &allowed.0) {
+        return Err(ApiError::new(
+            Code::ForbiddenOrigin,
+            "the Origin of this request may not open a terminal (see --allow-origin)",
+        ));
+    }
+    let Ok(upgrade) = upgrade else {
+        let mut resp = ApiError::new(Code::BadRequest, "GET /term/ws needs a WebSocket upgrade")
+            .into_response();
+        *resp.status_mut() = axum::http::StatusCode::UPGRADE_REQUIRED;
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return Ok(resp);
+    };
+    let attachment = match q.session {
+        Some(id) => core.term.attach(&id, q.seq)?,
+        None => {
+            let size = TermSize::new(q.cols.unwrap_or(80), q.rows.unwrap_or(24))?;
+            let (actor, guard) = core.open_session("ws", conn.peer.to_string()).await;
+            core.term.open(actor, guard, size).await?
+        }
+    };
+    // Keystrokes and control messages are small; a client cannot make the server hold more.
+    Ok(upgrade
+        .max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| run(socket, attachment)))
+}
+
+/// Whether the request's `Origin` (if any) is its own host or an allowed origin.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true; // not a browser
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim().trim_end_matches('/').eq_ignore_ascii_case(&origin))
+    {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let host = host.trim().to_ascii_lowercase();
+    let strip = |s: &str| s.strip_suffix(default_port).unwrap_or(s).to_string();
+    strip(authority) == strip(&host)
+}
+
+async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
+    socket.send(json_msg(v)).await.is_ok()
+}
+
+async fn close(mut socket: WebSocket, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// Pumps one WebSocket: output out (taken only as fast as the socket sends it), input in.
+async fn run(mut socket: WebSocket, mut att: Attachment) {
+    let hello = json!({"type": "session", "id": att.id(), "seq": att.seq()});
+    if !send_json(&mut socket, hello).await {
+        return;
+    }
+    if let Some((from, to)) = att.lost()
+        && !send_json(&mut socket, json!({"type": "lost", "from": from, "to": to})).await
+    {
+        return;
+    }
+    let input = att.input();
+    // Input the shell has not taken yet: output keeps flowing while it waits, and no further
+    // message is read (the client's socket then backs up, not the server's memory).
+    let mut pending: Option<Input> = None;
+    loop {
+        tokio::select! {
+            ev = att.next() => {
+                let msg = match ev {
+                    TermEvent::Output(bytes) => Message::Binary(bytes.into()),
+                    TermEvent::Lost { from, to } => {
+                        json_msg(json!({"type": "lost", "from": from, "to": to}))
+                    }
+                    TermEvent::Exit(exit) => {
+                        let msg = json!({"type": "exit", "code": exit.code, "signal": exit.signal});
+                        if socket.send(json_msg(msg)).await.is_ok() {
+                            close(socket, "shell exited").await;
+                        }
+                        return;
+                    }
+                    TermEvent::Taken => {
+                        let msg = json!({"type": "taken", "message": "another client resumed this session"});
+                        if socket.send(json_msg(msg)).await.is_ok() {
+                            close(socket, "taken over").await;
+                        }
+                        return;
+                    }
+                };
+                if socket.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            r = feed(&input, pending.clone()) => {
+                pending = None;
+                if let Err(e) = r
+                    && e.code == Code::BadRequest
+                    && socket.send(error_msg(&e)).await.is_err()
+                {
+                    return;
+                }
+                // Otherwise the shell is gone and its exit message follows from `next`.
+            }
+            msg = socket.recv(), if pending.is_none() => match msg {
+                Some(Ok(Message::Binary(bytes))) => pending = Some(Input::Bytes(bytes)),
+                Some(Ok(Message::Text(text))) => match control(&text) {
+                    Ok(i) => pending = Some(i),
+                    Err(e) => {
+                        if socket.send(error_msg(&e)).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            },
+        }
+    }
+}
+
+/// Sends `input` to the shell; with nothing to send, never completes.
+async fn feed(sender: &InputSender, input: Option<Input>) -> Result<()> {
+    match input {
+        Some(i) => sender.send(i).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parses a control message from the client.
+fn control(text: &str) -> Result<Input> {
+    match serde_json::from_str::<Control>(text) {
+        Ok(Control::Resize { cols, rows }) => Ok(Input::Resize(TermSize::new(cols, rows)?)),
+        Err(e) => Err(Error::bad_request(format!("unknown control message: {e}"))),
+    }
+}
+
+fn json_msg(v: serde_json::Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn error_msg(e: &Error) -> Message {
+    json_msg(json!({"type": "error", "code": e.code.as_str(), "message": e.message}))
+}
+
+/// `GET /api/v1/recordings`: every terminal recording.
+pub async fn recordings(
+    State(core): State<Core>,
+) -> std::result::Result<Json<serde_json::Value>, ApiError> {
+    let list = core.term.recordings().await?;
+    Ok(Json(json!({ "recordings": list })))
+}
+
+/// `GET /api/v1/recordings/{id}`: one recording as an asciicast v2 file.
+pub async fn recording(
+    State(core): State<Core>,
+    Path(id): Path<String>,
+) -> std::result::Result<Response, ApiError> {
+    let path = core.term.recording_path(&id).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::io(e, &id))?;
+    let len = file.metadata().await.map_err(|e| Error::io(e, &id))?.len();
+    // Streamed in chunks: a recording may be large. A live session's file grows meanwhile:
+    // the answer is the file as long as it was when asked.
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold(file.take(len), |mut f| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut resp = axum::body::Body::from_stream(chunks).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-asciicast"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+    use axum::http::HeaderMap;
+
+    fn h(origin: &str, host: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert("origin", origin.parse().unwrap());
+        m.insert("host", host.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn same_origin_and_allowed_origins_pass() {
+        assert!(origin_allowed(
+            &h("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &h("https://ferry.example", "ferry.example:443"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &h("http://evil.example", "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(&h("null", "127.0.0.1:8080"), &[]));
+        let allowed = vec!["http://ui.example/".to_string()];
+        assert!(origin_allowed(
+            &h("http://UI.example", "127.0.0.1:8080"),
+            &allowed
+        ));
+        assert!(origin_allowed(&HeaderMap::new(), &[]));
+    }
+}
