@@ -5,7 +5,7 @@ mod common;
 use common::{TOKEN, TestServer, wait_dead};
 use ferry::core::term::{RING_BYTES, WINDOW};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -428,5 +428,46 @@ async fn an_idle_session_ends_and_no_record_records_nothing() {
         .await
     );
     assert_eq!(srv.count("sessions", &ended).await, 1);
+    srv.stop().await;
+}
+
+/// A page that acknowledges what it has drawn (`{"type":"ack","seq":N}`) gets at most the
+/// ack window ahead, however fast its socket is read: the shell waits, not the tab.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledging_client_is_never_flooded() {
+    const ACK_WINDOW: u64 = 512 * 1024;
+    let srv = TestServer::start().await;
+    let mut t = Term::connect(&srv, "").await;
+    let start = t.seq;
+    t.send_json(json!({"type": "ack", "seq": start})).await;
+    t.type_line("yes ack-window-test").await;
+    let id = t.id.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let quiet = match timeout(Duration::from_millis(200), t.ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                t.seq += b.len() as u64;
+                false
+            }
+            Ok(Some(Ok(_))) => false,
+            Ok(_) => panic!("the terminal closed"),
+            Err(_) => true,
+        };
+        assert!(
+            t.seq - start <= ACK_WINDOW + 256 * 1024,
+            "output ran {} bytes past the last ack",
+            t.seq - start
+        );
+        if quiet && srv.core.term.stats(&id).is_some_and(|s| s.paused) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shell never paused");
+    }
+    // Acknowledging lets output flow again.
+    let held = t.seq;
+    t.send_json(json!({"type": "ack", "seq": held})).await;
+    while t.seq < held + 64 * 1024 {
+        assert!(t.read_one().await);
+    }
     srv.stop().await;
 }

@@ -5,7 +5,12 @@
 // to it. The session id and the count of output bytes received (seq) live in sessionStorage. A
 // reconnect within the page resumes with /term/ws?session=ID&seq=N, N the bytes already shown; a
 // reloaded page has an empty screen, so it resumes the same shell with seq=0 to have the server
-// repaint what it still holds.
+// repaint what it still holds. Seq counts are the server's byte offsets: the session message
+// says where its output starts, and a {"type":"lost","to"} message skips ahead.
+//
+// Flow control: after xterm.js has drawn output, the page acknowledges it with
+// {"type":"ack","seq":N}; the server runs at most 512 KiB ahead of the last ack and stops
+// reading the shell meanwhile, so `yes` or a big `cat` cannot flood the tab.
 import { el } from './lib.js';
 
 const KEY_ID = 'ferry.term.session';
@@ -46,6 +51,9 @@ export async function openTerminal(container, status) {
   let exited = false;
   let failures = 0;
   let seq = 0;
+  let shown = 0;
+  let acked = 0;
+  const ACK_EVERY = 64 * 1024;
   const send = (data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(data); };
   const sendSize = () => send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
   term.onData((d) => send(enc.encode(d)));
@@ -65,10 +73,15 @@ export async function openTerminal(container, status) {
         let msg;
         try { msg = JSON.parse(e.data); } catch { return; }
         if (msg.type === 'session') {
-          if (msg.id !== sessionStorage.getItem(KEY_ID)) seq = 0;
+          if (typeof msg.seq === 'number') seq = msg.seq;
+          else if (msg.id !== sessionStorage.getItem(KEY_ID)) seq = 0;
+          shown = acked = seq;
           sessionStorage.setItem(KEY_SEQ, String(seq));
           sessionStorage.setItem(KEY_ID, msg.id);
           status.textContent = `session ${msg.id}`;
+        } else if (msg.type === 'lost' && typeof msg.to === 'number') {
+          seq = shown = msg.to;
+          term.write('\r\n\x1b[2m[some earlier output is no longer held]\x1b[0m\r\n');
         } else if (msg.type === 'exit') {
           exited = true;
           sessionStorage.removeItem(KEY_ID);
@@ -79,7 +92,15 @@ export async function openTerminal(container, status) {
         return;
       }
       const bytes = new Uint8Array(e.data);
-      term.write(bytes);
+      const socket = ws;
+      term.write(bytes, () => {
+        // Drawn: tell the server, in steps, so it sends more.
+        shown += bytes.byteLength;
+        if (shown - acked >= ACK_EVERY && socket === ws) {
+          acked = shown;
+          send(JSON.stringify({ type: 'ack', seq: shown }));
+        }
+      });
       seq += bytes.byteLength;
       sessionStorage.setItem(KEY_SEQ, String(seq));
     };

@@ -141,12 +141,22 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
     // Input the shell has not taken yet: output keeps flowing while it waits, and no further
     // message is read (the client's socket then backs up, not the server's memory).
     let mut pending: Option<Input> = None;
+    // Flow control for browsers, whose WebSocket drains the socket whatever the page keeps up
+    // with: a client that acknowledges (`{"type":"ack","seq":N}`, N = output bytes it has
+    // shown) gets at most ACK_WINDOW bytes ahead of its last ack, and the PTY waits meanwhile.
+    let mut sent = att.seq();
+    let mut acked: Option<u64> = None;
     loop {
+        let may_send = acked.is_none_or(|a| sent.saturating_sub(a) < ACK_WINDOW);
         tokio::select! {
-            ev = att.next() => {
+            ev = att.next(), if may_send => {
                 let msg = match ev {
-                    TermEvent::Output(bytes) => Message::Binary(bytes.into()),
+                    TermEvent::Output(bytes) => {
+                        sent += bytes.len() as u64;
+                        Message::Binary(bytes.into())
+                    }
                     TermEvent::Lost { from, to } => {
+                        sent = to;
                         json_msg(json!({"type": "lost", "from": from, "to": to}))
                     }
                     TermEvent::Exit(exit) => {
@@ -180,6 +190,10 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
             }
             msg = socket.recv(), if pending.is_none() => match msg {
                 Some(Ok(Message::Binary(bytes))) => pending = Some(Input::Bytes(bytes)),
+                Some(Ok(Message::Text(text))) if ack_of(&text).is_some() => {
+                    let seq = ack_of(&text).unwrap_or(0).min(sent);
+                    acked = Some(acked.map_or(seq, |a| a.max(seq)));
+                }
                 Some(Ok(Message::Text(text))) => match control(&text) {
                     Ok(i) => pending = Some(i),
                     Err(e) => {
@@ -193,6 +207,22 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
             },
         }
     }
+}
+
+/// How far output may run ahead of a client's last acknowledgement.
+const ACK_WINDOW: u64 = 512 * 1024;
+
+/// The `seq` of an acknowledgement message, if `text` is one.
+fn ack_of(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Ack {
+        r#type: String,
+        seq: u64,
+    }
+    serde_json::from_str::<Ack>(text)
+        .ok()
+        .filter(|a| a.r#type == "ack")
+        .map(|a| a.seq)
 }
 
 /// Sends `input` to the shell; with nothing to send, never completes.
