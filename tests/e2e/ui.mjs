@@ -210,6 +210,16 @@ try {
       const again = (await screenText()).match(/^again=(\d+)\s*$/m)[1];
       check(again === pid, `same shell after reload: ${pid} then ${again}`);
     });
+    await step('a flood of output is paced by the page and gets through', async () => {
+      // 3 MB is six ack windows: it only finishes if the page acknowledges what it drew.
+      await page.keyboard.type('yes flood | head -c 3000000 > /dev/tty; echo flood-$((6*7))\n');
+      await page.waitForFunction(
+        () => /^flood-42\s*$/m.test(document.querySelector('#term .xterm-rows')?.innerText || ''),
+        null, { timeout: 60000 });
+      const t0 = Date.now();
+      await page.evaluate(() => 1);
+      check(Date.now() - t0 < 2000, 'the tab answers right after the flood');
+    });
   }
 
   await step('the Recordings tab loads', async () => {
