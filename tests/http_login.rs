@@ -169,6 +169,8 @@ async fn cookie_authenticates_with_a_csrf_rule() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_origin");
     let resp = c
         .put(srv.url("/files/a.txt"))
         .header(COOKIE, &cookie)

@@ -68,7 +68,7 @@ pub async fn require_token(
     } else if cookie_id(req.headers()).is_some_and(|id| logins.valid(id)) {
         if !csrf_ok(req.method(), req.headers()) {
             return ApiError::new(
-                Code::ForbiddenPath,
+                Code::ForbiddenOrigin,
                 "cross-site request refused: send X-Ferry: 1 (or a JSON body) from the same origin",
             )
             .into_response();
