@@ -471,3 +471,43 @@ async fn an_acknowledging_client_is_never_flooded() {
     }
     srv.stop().await;
 }
+
+/// Input the shell has not taken (a paste into `yes`) must not hold back acknowledgements:
+/// the window reopens and output flows on.
+#[tokio::test(flavor = "multi_thread")]
+async fn pasted_input_does_not_freeze_an_acknowledging_client() {
+    let srv = TestServer::start().await;
+    let mut t = Term::connect(&srv, "").await;
+    let start = t.seq;
+    t.send_json(json!({"type": "ack", "seq": start})).await;
+    t.type_line("yes paste-test").await;
+    let id = t.id.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let quiet = match timeout(Duration::from_millis(200), t.ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                t.seq += b.len() as u64;
+                false
+            }
+            Ok(Some(Ok(_))) => false,
+            Ok(_) => panic!("the terminal closed"),
+            Err(_) => true,
+        };
+        if quiet && srv.core.term.stats(&id).is_some_and(|s| s.paused) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shell never paused");
+    }
+    // 12 pastes of 64 KiB that `yes` never reads, then an ack behind them on the socket.
+    let paste = ("x".repeat(1023) + "\n").repeat(64);
+    for _ in 0..12 {
+        let bytes = paste.clone().into_bytes();
+        t.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+    let held = t.seq;
+    t.send_json(json!({"type": "ack", "seq": held})).await;
+    while t.seq < held + 64 * 1024 {
+        assert!(t.read_one().await, "the terminal closed");
+    }
+    srv.stop().await;
+}

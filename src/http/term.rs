@@ -147,7 +147,10 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
     let mut sent = att.seq();
     let mut acked: Option<u64> = None;
     loop {
-        let may_send = acked.is_none_or(|a| sent.saturating_sub(a) < ACK_WINDOW);
+        // While input waits for the shell, acks behind it on the socket cannot be read: do not
+        // wait for them then (backpressure alone bounds the output), or both sides would stall.
+        let may_send =
+            pending.is_some() || acked.is_none_or(|a| sent.saturating_sub(a) < ACK_WINDOW);
         tokio::select! {
             ev = att.next(), if may_send => {
                 let msg = match ev {
@@ -288,6 +291,15 @@ pub async fn recording(
         HeaderValue::from_static("application/x-asciicast"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // Shell output is anyone's text: never let a browser run it as a page.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
     Ok(resp)
 }
 
