@@ -6,6 +6,7 @@
 
 mod api;
 mod auth;
+mod checksums;
 mod conn;
 mod error;
 mod exec;

@@ -11,9 +11,8 @@ use crate::core::audit::Actor;
 use crate::core::error::{Code, Error};
 use crate::core::uploads::{Append, Declared, UploadInfo};
 use crate::http::ApiError;
-use crate::http::files::{
-    CONTENT_DIGEST, CONTENT_MD5, body_error, checksum_headers, content_length, expected_md5, stored,
-};
+use crate::http::checksums::{CONTENT_DIGEST, CONTENT_MD5, checksum_headers, expected_md5};
+use crate::http::files::{body_error, content_length, stored};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};

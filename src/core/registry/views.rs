@@ -1,0 +1,109 @@
+//! What the registry shows: sessions, transfers, MD5 checks and change events, as the API
+//! serialises them.
+
+use serde::Serialize;
+
+/// A live session as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Transport name.
+    pub transport: &'static str,
+    /// Peer address.
+    pub peer: String,
+    /// Start, unix ms.
+    pub started_at: i64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// What the session is doing now, if anything.
+    pub current: Option<String>,
+}
+
+/// State of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Bytes are moving.
+    InProgress,
+    /// Finished and the MD5 matched.
+    Verified,
+    /// Finished but the MD5 did not match.
+    Mismatch,
+    /// Ended by an error or a disconnect.
+    Failed,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+/// A transfer as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferInfo {
+    /// Transfer id.
+    pub id: String,
+    /// Owning session.
+    pub session_id: String,
+    /// Transport name.
+    pub transport: &'static str,
+    /// Path under the root.
+    pub path: String,
+    /// `get` or `put`.
+    pub direction: &'static str,
+    /// Bytes moved so far.
+    pub bytes_done: u64,
+    /// Total bytes expected.
+    pub bytes_total: u64,
+    /// Average rate so far, bytes per second.
+    pub rate: u64,
+    /// MD5, once known.
+    pub md5: Option<String>,
+    /// State.
+    pub state: TransferState,
+    /// Start, unix ms.
+    pub started_at: i64,
+    /// End, unix ms, once finished.
+    pub ended_at: Option<i64>,
+}
+
+/// One MD5 comparison made by ferry: an upload's client MD5 against the received bytes, or a
+/// download's stored MD5 against a file that must not have changed while it was sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckInfo {
+    /// The transfer it belongs to.
+    pub transfer_id: String,
+    /// Owning session.
+    pub session_id: String,
+    /// Transport name.
+    pub transport: &'static str,
+    /// Path under the root.
+    pub path: String,
+    /// `get` or `put`.
+    pub direction: &'static str,
+    /// The MD5 that should hold.
+    pub expected: String,
+    /// The MD5 found, when known.
+    pub actual: Option<String>,
+    /// `ok` or `mismatch`.
+    pub result: &'static str,
+    /// When, unix ms.
+    pub at: i64,
+}
+
+/// A registry change, for live views.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RegistryEvent {
+    /// A session started.
+    SessionStarted(SessionInfo),
+    /// A session ended.
+    SessionEnded {
+        /// Its id.
+        id: String,
+    },
+    /// A transfer started, progressed or finished.
+    Transfer(TransferInfo),
+    /// An MD5 check was made.
+    Check(CheckInfo),
+}
