@@ -431,13 +431,12 @@ async fn an_idle_session_ends_and_no_record_records_nothing() {
     srv.stop().await;
 }
 
-/// A page that acknowledges what it has drawn (`{"type":"ack","seq":N}`) gets at most the
-/// ack window ahead, however fast its socket is read: the shell waits, not the tab.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_acknowledging_client_is_never_flooded() {
-    const ACK_WINDOW: u64 = 512 * 1024;
-    let srv = TestServer::start().await;
-    let mut t = Term::connect(&srv, "").await;
+/// How far output may run past a client's last ack (the server's window, plus one read).
+const ACK_BOUND: u64 = 512 * 1024 + 256 * 1024;
+
+/// Acks the start, runs `yes`, and reads as fast as it can until the shell pauses: the
+/// server then waits for an ack.
+async fn fill_ack_window(srv: &TestServer, t: &mut Term) {
     let start = t.seq;
     t.send_json(json!({"type": "ack", "seq": start})).await;
     t.type_line("yes ack-window-test").await;
@@ -454,15 +453,24 @@ async fn an_acknowledging_client_is_never_flooded() {
             Err(_) => true,
         };
         assert!(
-            t.seq - start <= ACK_WINDOW + 256 * 1024,
+            t.seq - start <= ACK_BOUND,
             "output ran {} bytes past the last ack",
             t.seq - start
         );
         if quiet && srv.core.term.stats(&id).is_some_and(|s| s.paused) {
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "the shell never paused");
     }
+}
+
+/// A page that acknowledges what it has drawn (`{"type":"ack","seq":N}`) gets at most the
+/// ack window ahead, however fast its socket is read: the shell waits, not the tab.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledging_client_is_never_flooded() {
+    let srv = TestServer::start().await;
+    let mut t = Term::connect(&srv, "").await;
+    fill_ack_window(&srv, &mut t).await;
     // Acknowledging lets output flow again.
     let held = t.seq;
     t.send_json(json!({"type": "ack", "seq": held})).await;
@@ -478,26 +486,7 @@ async fn an_acknowledging_client_is_never_flooded() {
 async fn pasted_input_does_not_freeze_an_acknowledging_client() {
     let srv = TestServer::start().await;
     let mut t = Term::connect(&srv, "").await;
-    let start = t.seq;
-    t.send_json(json!({"type": "ack", "seq": start})).await;
-    t.type_line("yes paste-test").await;
-    let id = t.id.clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let quiet = match timeout(Duration::from_millis(200), t.ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => {
-                t.seq += b.len() as u64;
-                false
-            }
-            Ok(Some(Ok(_))) => false,
-            Ok(_) => panic!("the terminal closed"),
-            Err(_) => true,
-        };
-        if quiet && srv.core.term.stats(&id).is_some_and(|s| s.paused) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the shell never paused");
-    }
+    fill_ack_window(&srv, &mut t).await;
     // 12 pastes of 64 KiB that `yes` never reads, then an ack behind them on the socket.
     let paste = ("x".repeat(1023) + "\n").repeat(64);
     for _ in 0..12 {
