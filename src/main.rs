@@ -33,9 +33,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
-    let (token, generated) =
-        ferry::core::auth::load_or_create_token(args.token.as_deref(), &args.data_dir)?;
-    let cfg = args.to_config(token.clone())?;
+    let (cfg, generated) = args.to_config()?;
     let tcp = tokio::net::TcpListener::bind(args.tcp_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.tcp_addr))?;
@@ -56,7 +54,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("tcp  {}", running.tcp_addr);
     println!("http http://{}", running.http_addr);
-    if generated {
+    if let Some(token) = generated {
         println!(
             "token {token}\n      (generated once and kept in {}; clients read it from FERRY_TOKEN or --token)",
             args.data_dir.join(ferry::core::auth::TOKEN_FILE).display()

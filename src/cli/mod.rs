@@ -31,6 +31,51 @@ pub enum Command {
     Ls(LsArgs),
     /// An interactive prompt that runs each line on the server.
     Shell(Conn),
+    /// Make access tokens for the config file (`ferry token new --role write`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// The `ferry token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh token and the line that adds it to the config file's `[tokens]` table.
+    New(TokenNewArgs),
+}
+
+/// Flags of `ferry token new`.
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// What the token may do: read, write, exec or admin.
+    #[arg(long)]
+    pub role: crate::core::auth::Role,
+    /// A name for logs, sessions and the audit (default: the role and a few hex digits).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Prints a fresh token for `a` and its config line.
+pub fn token_new(a: &TokenNewArgs) -> anyhow::Result<()> {
+    use crate::config::file::{token_line, valid_name};
+    use crate::core::auth::{generate_token, token_digest};
+    let token = generate_token();
+    let digest = token_digest(&token);
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => format!("{}-{}", a.role, &hex::encode(digest)[..8]),
+    };
+    anyhow::ensure!(
+        valid_name(&name),
+        "--name {name:?}: use letters, digits, '.', '_' and '-' (at most 64)"
+    );
+    println!(
+        "# The token of {name:?} (role {}): give it to its user; ferry keeps only its hash.",
+        a.role
+    );
+    println!("{token}");
+    println!("# Add this line under [tokens] in the config file, then restart ferry:");
+    println!("{}", token_line(&name, a.role, &digest));
+    Ok(())
 }
 
 /// Where the server is and how to authenticate.
@@ -116,6 +161,7 @@ pub struct LsArgs {
 pub async fn run_client(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Serve(_) => unreachable!("serve is started by main"),
+        Command::Token(TokenCommand::New(a)) => token_new(&a).map(|_| 0),
         Command::Exec(a) => run::exec(a).await,
         Command::Shell(c) => run::shell(c).await,
         Command::Get(a) => files::get(a).await,

@@ -15,23 +15,25 @@ pub const EXIT_FERRY_ERROR: i32 = 255;
 /// The exit code when the command ran past its timeout (as `timeout(1)` does).
 pub const EXIT_TIMEOUT: i32 = 124;
 
-/// Connects with friendly errors; the token comes from the flag, FERRY_TOKEN, or a local `ferry-data/token`.
+/// Connects with friendly errors; the token comes from the flag, FERRY_TOKEN, or a local
+/// `ferry-data/token`. With none, the connection is anonymous (enough on a `--public-read`
+/// server to download).
 pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
-    let token = match &conn.token {
-        Some(t) => t.clone(),
-        None => {
-            let dir = std::env::var_os("FERRY_DATA_DIR").unwrap_or_else(|| "ferry-data".into());
-            let path = std::path::Path::new(&dir).join(crate::core::auth::TOKEN_FILE);
-            std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|_| {
-                anyhow::anyhow!("no token: pass --token or set FERRY_TOKEN (ferry serve prints it at first start)")
-            })?
-        }
-    };
-    match Client::connect(&conn.addr, &token).await {
+    let token = conn.token.clone().or_else(|| {
+        let dir = std::env::var_os("FERRY_DATA_DIR").unwrap_or_else(|| "ferry-data".into());
+        let path = std::path::Path::new(&dir).join(crate::core::auth::TOKEN_FILE);
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    match Client::connect(&conn.addr, token.as_deref().unwrap_or("")).await {
         Ok(c) => Ok(c),
         Err(ClientError::Io(e)) => Err(anyhow::anyhow!(
             "cannot reach ferry at {}: {e} (is `ferry serve` running there?)",
             conn.addr
+        )),
+        Err(e) if e.code() == Some(Code::Unauthorized) && token.is_none() => Err(anyhow::anyhow!(
+            "no token: pass --token or set FERRY_TOKEN (ferry serve prints it at first start)"
         )),
         Err(e) if e.code() == Some(Code::Unauthorized) => Err(anyhow::anyhow!(
             "the server at {} refused the token (unauthorized); check --token or FERRY_TOKEN",

@@ -7,6 +7,10 @@ use std::io;
 pub enum Code {
     /// The token is missing or wrong.
     Unauthorized,
+    /// The token's role does not allow the operation.
+    Forbidden,
+    /// Too many failed authentications from this address; retry later.
+    RateLimited,
     /// A browser page of another origin tried to open a terminal.
     ForbiddenOrigin,
     /// The path or stream does not exist.
@@ -40,6 +44,8 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::RateLimited => "rate_limited",
             Code::ForbiddenOrigin => "forbidden_origin",
             Code::NotFound => "not_found",
             Code::ForbiddenPath => "forbidden_path",
@@ -60,6 +66,8 @@ impl Code {
     pub fn parse(s: &str) -> Code {
         match s {
             "unauthorized" => Code::Unauthorized,
+            "forbidden" => Code::Forbidden,
+            "rate_limited" => Code::RateLimited,
             "forbidden_origin" => Code::ForbiddenOrigin,
             "not_found" => Code::NotFound,
             "forbidden_path" => Code::ForbiddenPath,

@@ -1,5 +1,6 @@
 //! The command executor: process groups, timeouts, output caps, streamed output.
 
+use crate::core::auth::Action;
 use crate::core::audit::{Actor, Audit, CommandEnd};
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
@@ -174,6 +175,7 @@ impl Executor {
 
     /// Starts a command: audited before it runs, in its own process group, with a cleared environment.
     pub async fn start(&self, actor: &Actor, req: ExecRequest) -> Result<ExecHandle> {
+        actor.require(Action::Exec)?;
         let (program, args) = match (&req.cmd, &req.argv) {
             (Some(_), Some(_)) => {
                 return Err(Error::bad_request("give either cmd or argv, not both"));
@@ -184,6 +186,7 @@ impl Executor {
             (None, Some(a)) if !a.is_empty() && !a[0].is_empty() => (a[0].clone(), a[1..].to_vec()),
             _ => return Err(Error::bad_request("an empty command")),
         };
+        actor.principal.require_program(&program)?;
         for (k, v) in &req.env {
             if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
                 return Err(Error::bad_request(format!(

@@ -1,5 +1,6 @@
 //! The served root: confined file access, listings and the digest of every file.
 
+use crate::core::auth::Action;
 use crate::core::audit::{Actor, Audit, TransferRow, now_ms};
 use crate::core::digests::{DigestCache, FileKey};
 use crate::core::error::{Code, Error, Result};
@@ -113,7 +114,8 @@ impl Files {
     }
 
     /// Describes one path (following symlinks that stay inside the root).
-    pub async fn stat(&self, raw: &str) -> Result<Entry> {
+    pub async fn stat(&self, actor: &Actor, raw: &str) -> Result<Entry> {
+        actor.require(Action::Browse)?;
         let rel = RelPath::parse(raw)?;
         let this = self.clone();
         blocking(move || {
@@ -127,7 +129,8 @@ impl Files {
     }
 
     /// Lists a directory, sorted by name; in-progress uploads are hidden.
-    pub async fn list(&self, raw: &str) -> Result<Vec<Entry>> {
+    pub async fn list(&self, actor: &Actor, raw: &str) -> Result<Vec<Entry>> {
+        actor.require(Action::Browse)?;
         let rel = RelPath::parse(raw)?;
         let this = self.clone();
         blocking(move || {
@@ -154,6 +157,7 @@ impl Files {
 
     /// Deletes a file, a symlink or an empty directory; audited, and its digest forgotten.
     pub async fn delete(&self, actor: &Actor, raw: &str) -> Result<Entry> {
+        actor.require(Action::Write)?;
         let rel = RelPath::parse(raw)?;
         if rel.is_root() {
             return Err(Error::bad_request("cannot delete the root directory"));

@@ -20,7 +20,8 @@ pub mod transfer;
 pub mod uploads;
 
 use crate::core::audit::{Actor, Audit};
-use crate::core::auth::Auth;
+use crate::core::auth::{AccessConfig, Auth, Principal};
+use std::sync::Arc;
 use crate::core::exec::{ExecLimits, Executor};
 use crate::core::files::Files;
 use crate::core::registry::{Registry, SessionGuard, new_id};
@@ -37,8 +38,8 @@ pub struct CoreConfig {
     pub root: PathBuf,
     /// Where the database lives.
     pub data_dir: PathBuf,
-    /// The access token.
-    pub token: String,
+    /// Tokens, roles and public read.
+    pub access: AccessConfig,
     /// Exec limits.
     pub exec: ExecLimits,
     /// How long a resumable upload may stay idle before it is dropped.
@@ -98,7 +99,7 @@ impl Core {
             exec,
             registry,
             audit,
-            auth: Auth::new(&cfg.token),
+            auth: Auth::new(&cfg.access),
             uploads,
             term,
         };
@@ -110,15 +111,18 @@ impl Core {
         &self,
         transport: &'static str,
         peer: String,
+        principal: Arc<Principal>,
     ) -> (Actor, SessionGuard) {
         let actor = Actor {
             session_id: new_id(),
             transport,
             peer,
+            principal,
         };
         let guard = self.registry.open_session(&actor);
         self.audit.session_started(&actor).await;
-        tracing::info!(session = %actor.session_id, transport, peer = %actor.peer, "session start");
+        tracing::info!(session = %actor.session_id, transport, peer = %actor.peer,
+            user = %actor.principal.name, role = %actor.principal.role, "session start");
         (actor, guard)
     }
 

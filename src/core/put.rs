@@ -1,5 +1,6 @@
 //! Uploads: hashed on the way in, fsynced, renamed into place only when size and MD5 match.
 
+use crate::core::auth::Action;
 use crate::core::audit::{Actor, now_ms};
 use crate::core::checksum::{Md5Stream, is_md5_hex};
 use crate::core::digests::FileKey;
@@ -25,6 +26,7 @@ impl Files {
         size: Option<u64>,
         md5: Option<String>,
     ) -> Result<PutSink> {
+        actor.require(Action::Write)?;
         let rel = RelPath::parse(raw)?;
         if let Some(m) = &md5
             && !is_md5_hex(m)

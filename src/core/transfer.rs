@@ -1,5 +1,6 @@
 //! Downloads: streamed from a disk thread with the stored MD5; shared transfer bookkeeping.
 
+use crate::core::auth::Action;
 use crate::core::audit::{Actor, TransferRow, now_ms};
 use crate::core::digests::FileKey;
 use crate::core::error::{Error, Result};
@@ -96,6 +97,7 @@ impl TransferCtx {
             registry.record_check(CheckInfo {
                 transfer_id: id.clone(),
                 session_id: self.actor.session_id.clone(),
+                user: self.actor.user().to_string(),
                 transport: self.actor.transport,
                 path: self.path.clone(),
                 direction,
@@ -275,7 +277,7 @@ impl Files {
     pub async fn open_path(&self, actor: &Actor, raw: &str) -> Result<Opened> {
         match self.open_inner(actor, raw).await? {
             Some(f) => Ok(Opened::File(Box::new(f))),
-            None => Ok(Opened::Dir(self.list(raw).await?)),
+            None => Ok(Opened::Dir(self.list(actor, raw).await?)),
         }
     }
 
@@ -287,6 +289,7 @@ impl Files {
     }
 
     async fn open_inner(&self, actor: &Actor, raw: &str) -> Result<Option<GetFile>> {
+        actor.require(Action::Download)?;
         let rel = RelPath::parse(raw)?;
         let this = self.clone();
         let rel2 = rel.clone();

@@ -55,29 +55,37 @@ pub struct PathQuery {
 /// `GET /api/v1/files?path=DIR`: a directory's entries with sizes, mtimes and MD5s.
 pub async fn list(
     State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
     Query(q): Query<PathQuery>,
 ) -> Result<Json<Listing>, ApiError> {
-    let entries = core.files.list(&q.path).await?;
+    let entries = core.files.list(&actor, &q.path).await?;
     Ok(Json(Listing {
         path: q.path.trim_matches('/').to_string(),
         entries,
     }))
 }
 
-/// `GET /api/v1/sessions`: live sessions of every transport.
-pub async fn sessions(State(core): State<Core>) -> Json<serde_json::Value> {
-    Json(json!({ "sessions": core.registry.sessions() }))
+/// The caller's token: what the registry views are filtered by.
+type Who = axum::Extension<Actor>;
+
+/// `GET /api/v1/sessions`: live sessions of every transport (an admin's view; others see their
+/// own token's).
+pub async fn sessions(State(core): State<Core>, axum::Extension(a): Who) -> ApiResult {
+    Ok(Json(json!({ "sessions": core.registry.sessions_for(&a.principal)? })))
 }
 
 /// `GET /api/v1/transfers`: active transfers, then recent ones.
-pub async fn transfers(State(core): State<Core>) -> Json<serde_json::Value> {
-    Json(json!({ "transfers": core.registry.transfers() }))
+pub async fn transfers(State(core): State<Core>, axum::Extension(a): Who) -> ApiResult {
+    Ok(Json(json!({ "transfers": core.registry.transfers_for(&a.principal)? })))
 }
 
 /// `GET /api/v1/checks`: recent MD5 checks, newest first.
-pub async fn checks(State(core): State<Core>) -> Json<serde_json::Value> {
-    Json(json!({ "checks": core.registry.checks() }))
+pub async fn checks(State(core): State<Core>, axum::Extension(a): Who) -> ApiResult {
+    Ok(Json(json!({ "checks": core.registry.checks_for(&a.principal)? })))
 }
+
+/// A JSON answer or an error.
+type ApiResult = Result<Json<serde_json::Value>, ApiError>;
 
 /// Query of `/api/v1/audit`.
 #[derive(Deserialize)]
@@ -96,13 +104,15 @@ const MAX_PAGE: u32 = 1000;
 /// null on the last page.
 pub async fn audit(
     State(core): State<Core>,
+    axum::Extension(actor): Who,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> ApiResult {
+    let who = &actor.principal;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE) as usize;
     // Entries still in the writer's queue are part of the log: flush them first.
     core.audit.flush().await;
     // One more than asked shows whether there is a next page.
-    let mut entries = core.audit.recent(limit as u32 + 1, q.before).await?;
+    let mut entries = core.audit.recent(who, limit as u32 + 1, q.before).await?;
     let mut next_before = None;
     if entries.len() > limit {
         entries.truncate(limit);
@@ -115,7 +125,7 @@ pub async fn audit(
             next_before = Some(last + 1);
         } else {
             // The whole page is one millisecond: it all goes on this page (up to MAX_PAGE).
-            entries = core.audit.recent(MAX_PAGE + 1, q.before).await?;
+            entries = core.audit.recent(who, MAX_PAGE + 1, q.before).await?;
             let tied = entries.iter().take_while(|e| e.at == last).count();
             let more = tied < entries.len() || tied > MAX_PAGE as usize;
             entries.truncate(tied.min(MAX_PAGE as usize));
@@ -132,43 +142,46 @@ pub async fn audit(
 /// `progress` (the active transfers) every second while any is moving.
 pub async fn events(
     State(core): State<Core>,
-    axum::Extension(_actor): axum::Extension<Actor>,
+    axum::Extension(actor): axum::Extension<Actor>,
     axum::Extension(Shutdown(stop)): axum::Extension<Shutdown>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rx = core.registry.subscribe();
+    let who = actor.principal.clone();
     let snapshot = json!({
-        "sessions": core.registry.sessions(),
-        "transfers": core.registry.transfers(),
-        "checks": core.registry.checks(),
+        "sessions": core.registry.sessions_for(&who)?,
+        "transfers": core.registry.transfers_for(&who)?,
+        "checks": core.registry.checks_for(&who)?,
     });
     let first = Event::default()
         .event("snapshot")
         .data(snapshot.to_string());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = (core, rx, tick, Some(first), stop);
+    let state = (core, rx, tick, Some(first), stop, who);
     let stream =
-        futures_util::stream::unfold(state, |(core, mut rx, mut tick, first, stop)| async move {
+        futures_util::stream::unfold(state, |(core, mut rx, mut tick, first, stop, who)| async move {
             if let Some(ev) = first {
-                return Some((Ok(ev), (core, rx, tick, None, stop)));
+                return Some((Ok(ev), (core, rx, tick, None, stop, who)));
             }
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return None,
                     r = rx.recv() => {
                         let ev = match r {
+                            Ok(ev) if !ev.visible_to(&who) => continue,
                             Ok(ev) => event_of(&ev),
                             Err(RecvError::Lagged(n)) => Event::default()
                                 .event("lagged")
                                 .data(json!({ "missed": n }).to_string()),
                             Err(RecvError::Closed) => return None,
                         };
-                        return Some((Ok(ev), (core, rx, tick, None, stop)));
+                        return Some((Ok(ev), (core, rx, tick, None, stop, who)));
                     }
                     _ = tick.tick() => {
                         let active: Vec<_> = core
                             .registry
-                            .transfers()
+                            .transfers_for(&who)
+                            .unwrap_or_default()
                             .into_iter()
                             .filter(|t| t.state == TransferState::InProgress)
                             .collect();
@@ -176,13 +189,13 @@ pub async fn events(
                             let ev = Event::default()
                                 .event("progress")
                                 .data(json!({ "transfers": active }).to_string());
-                            return Some((Ok(ev), (core, rx, tick, None, stop)));
+                            return Some((Ok(ev), (core, rx, tick, None, stop, who)));
                         }
                     }
                 }
             }
         });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 fn event_of(ev: &RegistryEvent) -> Event {

@@ -2,14 +2,16 @@
 //! a browser login cookie (with a CSRF rule for requests that change state).
 
 use crate::core::Core;
-use crate::core::error::Code;
+use crate::core::auth::Principal;
+use crate::core::error::{Code, Error};
 use crate::http::ApiError;
 use crate::http::conn::ConnState;
-use crate::http::login::{Logins, cookie_id};
+use crate::http::login::{Logins, logged_in};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The header a browser page sends on requests that change state, proving it is same-origin:
@@ -17,10 +19,46 @@ use std::sync::Arc;
 pub const X_FERRY: &str = "x-ferry";
 
 /// The token presented in `Authorization: Bearer <token>`, if any.
-pub fn bearer(req: &Request) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Who sent a request: its bearer token (a wrong one is refused even with a valid cookie),
+/// else its login cookie (with the CSRF rule for writes), else the anonymous reader when
+/// public read is on. Tokens in the query string are never read.
+pub fn principal_of(
+    core: &Core,
+    logins: &Logins,
+    peer: IpAddr,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, Error> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        let Some(token) = bearer(headers) else {
+            return Err(Error::new(
+                Code::Unauthorized,
+                "unreadable Authorization header: send Authorization: Bearer <token>",
+            ));
+        };
+        return core.auth.authenticate(peer, Some(token));
+    }
+    if let Some(who) = logged_in(logins, headers) {
+        if !csrf_ok(method, headers) {
+            return Err(Error::new(
+                Code::ForbiddenOrigin,
+                "cross-site request refused: send X-Ferry: 1 (or a JSON body) from the same origin",
+            ));
+        }
+        return Ok(who);
+    }
+    core.auth.anonymous().ok_or_else(|| {
+        Error::new(
+            Code::Unauthorized,
+            "missing token: send Authorization: Bearer <token>, or log in at /login",
+        )
+    })
 }
 
 /// Whether a cookie-authenticated request may change state: a GET or HEAD always may; other
@@ -51,39 +89,22 @@ pub fn csrf_ok(method: &Method, headers: &HeaderMap) -> bool {
     same_origin == Some(true) || json || headers.contains_key(X_FERRY)
 }
 
-/// Checks the token or the login cookie; on success the request carries the connection's
-/// session [`Actor`](crate::core::audit::Actor). A wrong bearer token is refused even with a
-/// valid cookie.
+/// Authenticates every request (see [`principal_of`]); on success the request carries the
+/// connection's session [`Actor`](crate::core::audit::Actor) acting as the request's principal.
 pub async fn require_token(
     State(core): State<Core>,
     axum::Extension(logins): axum::Extension<Logins>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let has_bearer = req.headers().contains_key(header::AUTHORIZATION);
-    if has_bearer {
-        if !core.auth.check(bearer(&req)) {
-            return ApiError::new(Code::Unauthorized, "wrong token").into_response();
-        }
-    } else if cookie_id(req.headers()).is_some_and(|id| logins.valid(id)) {
-        if !csrf_ok(req.method(), req.headers()) {
-            return ApiError::new(
-                Code::ForbiddenOrigin,
-                "cross-site request refused: send X-Ferry: 1 (or a JSON body) from the same origin",
-            )
-            .into_response();
-        }
-    } else {
-        return ApiError::new(
-            Code::Unauthorized,
-            "missing token: send Authorization: Bearer <token>, or log in at /login",
-        )
-        .into_response();
-    }
     let Some(conn) = req.extensions().get::<Arc<ConnState>>().cloned() else {
         return ApiError::new(Code::Internal, "request without a connection").into_response();
     };
-    let actor = conn.session(&core).await;
+    let who = match principal_of(&core, &logins, conn.peer.ip(), req.method(), req.headers()) {
+        Ok(who) => who,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let actor = conn.session(&core, who).await;
     req.extensions_mut().insert(actor);
     next.run(req).await
 }

@@ -3,6 +3,7 @@
 
 use crate::core::Core;
 use crate::core::audit::Actor;
+use crate::core::auth::Principal;
 use crate::core::registry::{SessionCounters, SessionGuard};
 use crate::http::HttpConfig;
 use axum::Router;
@@ -42,16 +43,25 @@ impl ConnState {
         }
     }
 
-    /// The connection's session, opened on its first authenticated request.
-    pub async fn session(&self, core: &Core) -> Actor {
+    /// The connection's session, opened on its first authenticated request (and named after
+    /// its principal), as an actor with the principal `who` of the current request.
+    pub async fn session(&self, core: &Core, who: Arc<Principal>) -> Actor {
         if let Some((actor, _)) = self.session.get() {
-            return actor.clone();
+            return Actor {
+                principal: who,
+                ..actor.clone()
+            };
         }
         let _one = self.opening.lock().await;
         if let Some((actor, _)) = self.session.get() {
-            return actor.clone();
+            return Actor {
+                principal: who,
+                ..actor.clone()
+            };
         }
-        let (actor, guard) = core.open_session("http", self.peer.to_string()).await;
+        let (actor, guard) = core
+            .open_session("http", self.peer.to_string(), who)
+            .await;
         let counters = guard.counters.clone();
         // Bytes of the requests before this one belong to the session too.
         counters.add_in(self.pending_in.swap(0, Ordering::Relaxed));

@@ -30,7 +30,8 @@ pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::Unauthorized => StatusCode::UNAUTHORIZED,
         Code::NotFound => StatusCode::NOT_FOUND,
-        Code::ForbiddenPath | Code::ForbiddenOrigin => StatusCode::FORBIDDEN,
+        Code::ForbiddenPath | Code::ForbiddenOrigin | Code::Forbidden => StatusCode::FORBIDDEN,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::ChecksumMismatch | Code::BadRequest => StatusCode::BAD_REQUEST,
         Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -50,7 +51,8 @@ fn code_of(status: StatusCode) -> Code {
         StatusCode::FORBIDDEN => Code::ForbiddenPath,
         StatusCode::PAYLOAD_TOO_LARGE => Code::TooLarge,
         StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::Timeout,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => Code::Busy,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Busy,
+        StatusCode::TOO_MANY_REQUESTS => Code::RateLimited,
         StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
         StatusCode::CONFLICT => Code::Conflict,
         StatusCode::RANGE_NOT_SATISFIABLE => Code::RangeNotSatisfiable,
@@ -78,6 +80,12 @@ impl IntoResponse for ApiError {
             h.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ferry\""),
+            );
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::core::auth::REFILL.as_secs()),
             );
         }
         resp

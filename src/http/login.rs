@@ -2,8 +2,10 @@
 //! forgets it. The cookie never holds the token; its id lives in memory only, with an expiry.
 
 use crate::core::Core;
-use crate::core::error::Code;
+use crate::core::auth::Principal;
+use crate::core::error::{Code, Error};
 use crate::http::ApiError;
+use crate::http::conn::ConnState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -24,10 +26,10 @@ const MAX_LOGINS: usize = 4096;
 /// Largest login request body.
 const MAX_LOGIN_BODY: usize = 8 * 1024;
 
-/// The live browser logins: random cookie id to expiry. Cheap to clone.
+/// The live browser logins: random cookie id to expiry and principal. Cheap to clone.
 #[derive(Clone)]
 pub struct Logins {
-    inner: Arc<Mutex<HashMap<String, Instant>>>,
+    inner: Arc<Mutex<HashMap<String, (Instant, Arc<Principal>)>>>,
     ttl: Duration,
     /// Whether cookies say `Secure` (only when served over TLS).
     secure: bool,
@@ -43,33 +45,33 @@ impl Logins {
         }
     }
 
-    /// Starts a login and returns its cookie id (32 random bytes as hex).
-    pub fn create(&self) -> String {
+    /// Starts a login of `who` and returns its cookie id (32 random bytes as hex).
+    pub fn create(&self, who: Arc<Principal>) -> String {
         let mut b = [0u8; 32];
         getrandom::fill(&mut b).expect("the OS random source works");
         let id = hex::encode(b);
         let now = Instant::now();
         let mut map = self.inner.lock().unwrap();
-        map.retain(|_, exp| *exp > now);
+        map.retain(|_, (exp, _)| *exp > now);
         if map.len() >= MAX_LOGINS
-            && let Some(oldest) = map.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone())
+            && let Some(oldest) = map.iter().min_by_key(|(_, e)| e.0).map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
         }
-        map.insert(id.clone(), now + self.ttl);
+        map.insert(id.clone(), (now + self.ttl, who));
         id
     }
 
-    /// Whether `id` is a live login.
-    pub fn valid(&self, id: &str) -> bool {
+    /// Who is logged in as `id`, if it is a live login.
+    pub fn principal(&self, id: &str) -> Option<Arc<Principal>> {
         let mut map = self.inner.lock().unwrap();
         match map.get(id) {
-            Some(exp) if *exp > Instant::now() => true,
+            Some((exp, who)) if *exp > Instant::now() => Some(who.clone()),
             Some(_) => {
                 map.remove(id);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
@@ -107,9 +109,9 @@ pub fn cookie_id(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Whether the request carries a live login cookie.
-pub fn logged_in(logins: &Logins, headers: &HeaderMap) -> bool {
-    cookie_id(headers).is_some_and(|id| logins.valid(id))
+/// Who is logged in by the request's cookie, if anyone.
+pub fn logged_in(logins: &Logins, headers: &HeaderMap) -> Option<Arc<Principal>> {
+    cookie_id(headers).and_then(|id| logins.principal(id))
 }
 
 /// Whether the request body is JSON.
@@ -149,6 +151,7 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
 pub async fn login(
     State(core): State<Core>,
     axum::Extension(logins): axum::Extension<Logins>,
+    axum::Extension(conn): axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -160,16 +163,22 @@ pub async fn login(
     let token = token_of(&headers, &body);
     // Only the terminal page is a destination besides the UI: no open redirect.
     let to_term = !json && form_field(&body, "next").as_deref() == Some("term");
-    if !core.auth.check(token.as_deref().map(str::trim)) {
-        return if json {
-            ApiError::new(Code::Unauthorized, "wrong token").into_response()
-        } else if to_term {
-            Redirect::to("/login?failed=1&next=term").into_response()
-        } else {
-            Redirect::to("/login?failed=1").into_response()
-        };
-    }
-    let id = logins.create();
+    let token = token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let who = match token {
+        Some(t) => core.auth.authenticate(conn.peer.ip(), Some(t)),
+        None => Err(Error::new(Code::Unauthorized, "missing token")),
+    };
+    let who = match who {
+        Ok(who) => who,
+        Err(e) if json => return ApiError(e).into_response(),
+        Err(e) if e.code == Code::RateLimited => {
+            return Redirect::to(if to_term { "/login?limited=1&next=term" } else { "/login?limited=1" })
+                .into_response();
+        }
+        Err(_) if to_term => return Redirect::to("/login?failed=1&next=term").into_response(),
+        Err(_) => return Redirect::to("/login?failed=1").into_response(),
+    };
+    let id = logins.create(who);
     let mut resp = if json {
         StatusCode::NO_CONTENT.into_response()
     } else if to_term {
@@ -218,16 +227,17 @@ mod tests {
 
     #[test]
     fn logins_expire_and_end() {
+        let who = Arc::new(Principal::admin("a"));
         let l = Logins::new(Duration::from_secs(60), false);
-        let id = l.create();
+        let id = l.create(who.clone());
         assert_eq!(id.len(), 64);
-        assert!(l.valid(&id));
-        assert!(!l.valid("nope"));
+        assert_eq!(l.principal(&id), Some(who.clone()));
+        assert!(l.principal("nope").is_none());
         l.remove(&id);
-        assert!(!l.valid(&id));
+        assert!(l.principal(&id).is_none());
         let short = Logins::new(Duration::ZERO, false);
-        let id = short.create();
-        assert!(!short.valid(&id));
+        let id = short.create(who);
+        assert!(short.principal(&id).is_none());
         assert!(!l.set_cookie("x").contains("Secure"));
         assert!(
             Logins::new(LOGIN_TTL, true)

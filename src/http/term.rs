@@ -5,6 +5,7 @@
 //! middleware; the `Origin` check here refuses other sites' pages.
 
 use crate::core::Core;
+use crate::core::audit::Actor;
 use crate::core::error::{Code, Error, Result};
 use crate::core::term::{Attachment, Input, InputSender, TermEvent, TermSize};
 use crate::http::ApiError;
@@ -49,6 +50,7 @@ pub async fn ws(
     State(core): State<Core>,
     axum::Extension(allowed): axum::Extension<AllowedOrigins>,
     axum::Extension(conn): axum::Extension<Arc<ConnState>>,
+    axum::Extension(actor): axum::Extension<Actor>,
     headers: HeaderMap,
     Query(q): Query<TermQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -67,11 +69,14 @@ pub async fn ws(
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return Ok(resp);
     };
+    let who = actor.principal;
+    // Refused before a session is opened for it.
+    core.term.permit(&who)?;
     let attachment = match q.session {
-        Some(id) => core.term.attach(&id, q.seq)?,
+        Some(id) => core.term.attach(&who, &id, q.seq)?,
         None => {
             let size = TermSize::new(q.cols.unwrap_or(80), q.rows.unwrap_or(24))?;
-            let (actor, guard) = core.open_session("ws", conn.peer.to_string()).await;
+            let (actor, guard) = core.open_session("ws", conn.peer.to_string(), who).await;
             core.term.open(actor, guard, size).await?
         }
     };
@@ -255,17 +260,19 @@ fn error_msg(e: &Error) -> Message {
 /// `GET /api/v1/recordings`: every terminal recording.
 pub async fn recordings(
     State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
 ) -> std::result::Result<Json<serde_json::Value>, ApiError> {
-    let list = core.term.recordings().await?;
+    let list = core.term.recordings(&actor.principal).await?;
     Ok(Json(json!({ "recordings": list })))
 }
 
 /// `GET /api/v1/recordings/{id}`: one recording as an asciicast v2 file.
 pub async fn recording(
     State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
     Path(id): Path<String>,
 ) -> std::result::Result<Response, ApiError> {
-    let path = core.term.recording_path(&id).await?;
+    let path = core.term.recording_path(&actor.principal, &id).await?;
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Error::io(e, &id))?;

@@ -199,9 +199,10 @@ pub async fn create(
 /// offset is settled. No caching.
 pub async fn status(
     State(core): State<Core>,
+    axum::Extension(actor): axum::Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let info = core.uploads.status(&id).await?;
+    let info = core.uploads.status(&actor, &id).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
     state_headers(h, &info);

@@ -1,11 +1,15 @@
 //! The browser UI: pages and static assets from `web/`, embedded in the binary.
 
 use crate::core::Core;
+use crate::core::auth::Role;
 use crate::core::error::Code;
 use crate::http::ApiError;
-use crate::http::login::{Logins, logged_in};
+use crate::http::auth::principal_of;
+use crate::http::conn::ConnState;
+use crate::http::login::Logins;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use std::sync::Arc;
 use axum::response::{IntoResponse, Redirect, Response};
 
 /// One embedded file: its path under `/assets/`, content type and bytes.
@@ -73,24 +77,21 @@ fn page(html: &'static str) -> Response {
     resp
 }
 
-/// Whether the request is authenticated (a valid login cookie or bearer token).
-fn authenticated(core: &Core, logins: &Logins, headers: &HeaderMap) -> bool {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    logged_in(logins, headers) || core.auth.check(bearer)
+/// Whether the request is authenticated by a login cookie or a bearer token (the anonymous
+/// reader of public read does not get the UI).
+fn authenticated(core: &Core, logins: &Logins, conn: &ConnState, headers: &HeaderMap) -> bool {
+    principal_of(core, logins, conn.peer.ip(), &Method::GET, headers)
+        .is_ok_and(|p| p.role != Role::Anonymous)
 }
 
 /// `GET /`: the UI, or a redirect to the login page.
 pub async fn index(
     State(core): State<Core>,
     axum::Extension(logins): axum::Extension<Logins>,
+    axum::Extension(conn): axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
 ) -> Response {
-    if !authenticated(&core, &logins, &headers) {
+    if !authenticated(&core, &logins, &conn, &headers) {
         return Redirect::to("/login").into_response();
     }
     page(INDEX)
@@ -100,9 +101,10 @@ pub async fn index(
 pub async fn term(
     State(core): State<Core>,
     axum::Extension(logins): axum::Extension<Logins>,
+    axum::Extension(conn): axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
 ) -> Response {
-    if !authenticated(&core, &logins, &headers) {
+    if !authenticated(&core, &logins, &conn, &headers) {
         return Redirect::to("/login?next=term").into_response();
     }
     page(TERM)

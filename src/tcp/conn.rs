@@ -6,6 +6,7 @@ use super::messages::{ErrorBody, Hello, Limits, PROTOCOL_VERSION, Request, Welco
 use super::ops::{self, StreamCtx};
 use crate::core::Core;
 use crate::core::audit::Actor;
+use crate::core::auth::Principal;
 use crate::core::error::{Code, Error};
 use crate::core::registry::SessionCounters;
 use futures_util::{SinkExt, StreamExt};
@@ -96,7 +97,7 @@ impl Conn {
         let mut reader = FramedRead::new(rd, FrameCodec::new(HELLO_MAX.min(self.cfg.max_frame)));
         let mut writer = FramedWrite::new(wr, FrameCodec::new(self.cfg.max_frame));
         writer.set_backpressure_boundary(256 * 1024);
-        let hello = match self.hello(&mut reader).await {
+        let (hello, principal) = match self.hello(&mut reader).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(peer = %self.peer, code = %e.code, msg = %e.message, "tcp connection refused");
@@ -105,7 +106,10 @@ impl Conn {
             }
         };
         reader.decoder_mut().set_max_frame(self.cfg.max_frame);
-        let (actor, guard) = self.core.open_session("tcp", self.peer.to_string()).await;
+        let (actor, guard) = self
+            .core
+            .open_session("tcp", self.peer.to_string(), principal)
+            .await;
         let client_max = hello
             .max_frame
             .map_or(self.cfg.max_frame, |m| (m as usize).max(4096));
@@ -161,7 +165,7 @@ impl Conn {
         self.core.close_session(&actor, guard, reason).await;
     }
 
-    async fn hello(&self, reader: &mut Reader) -> Result<Hello, Error> {
+    async fn hello(&self, reader: &mut Reader) -> Result<(Hello, Arc<Principal>), Error> {
         let first = tokio::time::timeout(self.cfg.hello_timeout, reader.next())
             .await
             .map_err(|_| {
@@ -189,10 +193,11 @@ impl Conn {
                 hello.version
             )));
         }
-        if !self.core.auth.check(hello.token.as_deref()) {
-            return Err(Error::new(Code::Unauthorized, "missing or wrong token"));
-        }
-        Ok(hello)
+        let principal = self
+            .core
+            .auth
+            .authenticate(self.peer.ip(), hello.token.as_deref())?;
+        Ok((hello, principal))
     }
 
     /// Routes frames to streams until the peer leaves or breaks the protocol; returns why it ended.

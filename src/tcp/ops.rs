@@ -93,7 +93,7 @@ pub(super) async fn run(mut s: StreamCtx, req: Request) {
         Request::Get { path, offset } => get(&s, &path, offset).await,
         Request::Put { path, size, md5 } => put(&mut s, &path, size, md5).await,
         Request::List { path } => list(&s, &path).await,
-        Request::Stat { path } => match s.shared.core.files.stat(&path).await {
+        Request::Stat { path } => match s.shared.core.files.stat(&s.shared.actor, &path).await {
             Ok(entry) => s.json(Kind::End, &entry).await.map_err(|_| cancelled()),
             Err(e) => Err(e),
         },
@@ -229,7 +229,7 @@ async fn put(s: &mut StreamCtx, path: &str, size: u64, md5: Option<String>) -> R
 }
 
 async fn list(s: &StreamCtx, path: &str) -> Result<(), Error> {
-    let entries = s.shared.core.files.list(path).await?;
+    let entries = s.shared.core.files.list(&s.shared.actor, path).await?;
     for batch in entries.chunks(LIST_BATCH) {
         let batch = ListBatch {
             entries: batch.to_vec(),

@@ -1,10 +1,12 @@
 //! The audit store: SQLite through sqlx, written off the request path by one task.
 
+use crate::core::auth::{Action, Principal};
 use crate::core::error::{Error, Result};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -19,7 +21,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Who did something: the session, its transport and peer.
+/// Who did something: the session, its transport and peer, and the token's principal.
 #[derive(Debug, Clone, Serialize)]
 pub struct Actor {
     /// The session id.
@@ -28,6 +30,21 @@ pub struct Actor {
     pub transport: &'static str,
     /// The peer address.
     pub peer: String,
+    /// Who authenticated, and what they may do.
+    #[serde(skip)]
+    pub principal: Arc<Principal>,
+}
+
+impl Actor {
+    /// `Ok` when this actor may do `action` (see [`Principal::require`]).
+    pub fn require(&self, action: Action) -> Result<()> {
+        self.principal.require(action)
+    }
+
+    /// The name of the actor's token.
+    pub fn user(&self) -> &str {
+        &self.principal.name
+    }
 }
 
 /// The end of a command, completing the row written when it started.
@@ -230,12 +247,18 @@ impl Audit {
     }
 
     /// The newest audit entries, newest first, strictly older than `before` (unix ms) if given.
-    pub async fn recent(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>> {
+    pub async fn recent(
+        &self,
+        who: &Principal,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditEntry>> {
+        who.require(Action::Admin)?;
         let before = before.unwrap_or(i64::MAX);
         let rows = sqlx::query(
             "SELECT * FROM (
                SELECT 'session' AS kind, id, id AS session_id, transport, started_at AS at,
-                      'session from ' || peer AS summary, end_reason AS result
+                      'session ' || COALESCE('of ' || user || ' ', '') || 'from ' || peer AS summary, end_reason AS result
                  FROM sessions WHERE started_at < ?1
                UNION ALL
                SELECT 'command', id, session_id, transport, started_at, command,

@@ -39,12 +39,15 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
         match ev {
             Event::SessionStart(a, at) => {
                 sqlx::query(
-                    "INSERT INTO sessions (id, transport, peer, started_at) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO sessions (id, transport, peer, started_at, user, role) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&a.session_id)
                 .bind(a.transport)
                 .bind(&a.peer)
                 .bind(at)
+                .bind(&a.principal.name)
+                .bind(a.principal.role.as_str())
                 .execute(&mut *tx)
                 .await?;
             }

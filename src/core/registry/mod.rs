@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 mod views;
-pub use views::{CheckInfo, RegistryEvent, SessionInfo, TransferInfo, TransferState};
+pub use views::{CheckInfo, RegistryEvent, SessionInfo, TransferInfo, TransferState, visible};
 
 /// How many finished transfers stay visible.
 const RECENT_TRANSFERS: usize = 100;
@@ -114,6 +114,8 @@ impl Registry {
             id: actor.session_id.clone(),
             transport: actor.transport,
             peer: actor.peer.clone(),
+            user: actor.principal.name.clone(),
+            role: actor.principal.role,
             started_at: now_ms(),
             bytes_in: 0,
             bytes_out: 0,
@@ -170,6 +172,7 @@ impl Registry {
         let info = TransferInfo {
             id: new_id(),
             session_id: actor.session_id.clone(),
+            user: actor.principal.name.clone(),
             transport: actor.transport,
             path: path.to_string(),
             direction,

@@ -1,6 +1,8 @@
 //! What the registry shows: sessions, transfers, MD5 checks and change events, as the API
 //! serialises them.
 
+use crate::core::auth::{Action, Principal, Role};
+use crate::core::error::Result;
 use serde::Serialize;
 
 /// A live session as the API shows it.
@@ -12,6 +14,10 @@ pub struct SessionInfo {
     pub transport: &'static str,
     /// Peer address.
     pub peer: String,
+    /// The token's name.
+    pub user: String,
+    /// The token's role.
+    pub role: Role,
     /// Start, unix ms.
     pub started_at: i64,
     /// Bytes received.
@@ -45,6 +51,8 @@ pub struct TransferInfo {
     pub id: String,
     /// Owning session.
     pub session_id: String,
+    /// The token's name of the owning session.
+    pub user: String,
     /// Transport name.
     pub transport: &'static str,
     /// Path under the root.
@@ -75,6 +83,8 @@ pub struct CheckInfo {
     pub transfer_id: String,
     /// Owning session.
     pub session_id: String,
+    /// The token's name of the owning session.
+    pub user: String,
     /// Transport name.
     pub transport: &'static str,
     /// Path under the root.
@@ -106,4 +116,48 @@ pub enum RegistryEvent {
     Transfer(TransferInfo),
     /// An MD5 check was made.
     Check(CheckInfo),
+}
+
+impl RegistryEvent {
+    /// Whether `viewer` may see this event: admins see everything, others their own token's.
+    pub fn visible_to(&self, viewer: &Principal) -> bool {
+        match self {
+            RegistryEvent::SessionStarted(s) => visible(viewer, &s.user),
+            // An id alone tells nothing; a viewer drops ids it never saw start.
+            RegistryEvent::SessionEnded { .. } => true,
+            RegistryEvent::Transfer(t) => visible(viewer, &t.user),
+            RegistryEvent::Check(c) => visible(viewer, &c.user),
+        }
+    }
+}
+
+/// Whether `viewer` may see what the token named `owner` did.
+pub fn visible(viewer: &Principal, owner: &str) -> bool {
+    viewer.allows(Action::Admin) || viewer.name == owner
+}
+
+impl super::Registry {
+    /// The live sessions `who` may see: an admin all of them, others their own token's.
+    pub fn sessions_for(&self, who: &Principal) -> Result<Vec<SessionInfo>> {
+        who.require(Action::Browse)?;
+        let mut v = self.sessions();
+        v.retain(|s| visible(who, &s.user));
+        Ok(v)
+    }
+
+    /// The transfers `who` may see (as [`Self::sessions_for`]).
+    pub fn transfers_for(&self, who: &Principal) -> Result<Vec<TransferInfo>> {
+        who.require(Action::Browse)?;
+        let mut v = self.transfers();
+        v.retain(|t| visible(who, &t.user));
+        Ok(v)
+    }
+
+    /// The MD5 checks `who` may see (as [`Self::sessions_for`]).
+    pub fn checks_for(&self, who: &Principal) -> Result<Vec<CheckInfo>> {
+        who.require(Action::Browse)?;
+        let mut v = self.checks();
+        v.retain(|c| visible(who, &c.user));
+        Ok(v)
+    }
 }

@@ -14,10 +14,11 @@ pub use record::RecordingInfo;
 pub use session::{Attachment, Exit, Input, InputSender, TermEvent};
 
 use crate::core::audit::{Actor, Audit};
+use crate::core::auth::{Action, Principal};
 use crate::core::error::{Code, Error, Result};
 use crate::core::exec::ENV_ALLOWLIST;
 use crate::core::files::Files;
-use crate::core::registry::SessionGuard;
+use crate::core::registry::{SessionGuard, visible};
 use record::Recorder;
 use session::{Session, State, read_loop, write_loop};
 use std::collections::HashMap;
@@ -120,6 +121,8 @@ pub struct TermStats {
 struct Live {
     session: Arc<Session>,
     pid: Option<u32>,
+    /// The token's name that opened it: only it (or an admin) may resume it.
+    owner: String,
 }
 
 struct Inner {
@@ -181,6 +184,7 @@ impl Terminals {
     }
 
     async fn start(&self, actor: Actor, guard: SessionGuard, size: TermSize) -> Result<Attachment> {
+        self.permit(&actor.principal)?;
         size.check()?;
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
@@ -267,6 +271,7 @@ impl Terminals {
             Live {
                 session: session.clone(),
                 pid,
+                owner: actor.user().to_string(),
             },
         );
         let (read_half, write_half) = pty.into_split();
@@ -289,12 +294,26 @@ impl Terminals {
         });
         inner.files.registry.set_current(&id, Some(line));
         tracing::info!(session = %id, %shell, pid = ?pid, "terminal start");
-        self.attach(&id, Some(0))
+        self.attach_live(&id, Some(0))
     }
 
-    /// Attaches to a live session, replaying its output from `seq` (default: everything still
-    /// held). A previous client of the session is told it was taken over.
-    pub fn attach(&self, id: &str, seq: Option<u64>) -> Result<Attachment> {
+    /// `Ok` when `who` may open a terminal: the exec role, and the shell on its program list.
+    pub fn permit(&self, who: &Principal) -> Result<()> {
+        who.require_program(self.inner.cfg.shell.first().map_or("sh", String::as_str))
+    }
+
+    /// Attaches `who` to its live session `id` (an admin to any), replaying its output from
+    /// `seq` (default: everything still held). A previous client is told it was taken over.
+    pub fn attach(&self, who: &Principal, id: &str, seq: Option<u64>) -> Result<Attachment> {
+        self.permit(who)?;
+        let owned = self.inner.sessions.lock().unwrap().get(id).map(|l| l.owner.clone());
+        match owned {
+            Some(owner) if visible(who, &owner) => self.attach_live(id, seq),
+            _ => Err(Error::new(Code::NotFound, "no such terminal session")),
+        }
+    }
+
+    fn attach_live(&self, id: &str, seq: Option<u64>) -> Result<Attachment> {
         let session = self
             .inner
             .sessions
@@ -350,12 +369,14 @@ impl Terminals {
     }
 
     /// Every recording, newest first.
-    pub async fn recordings(&self) -> Result<Vec<RecordingInfo>> {
+    pub async fn recordings(&self, who: &Principal) -> Result<Vec<RecordingInfo>> {
+        who.require(Action::Admin)?;
         record::list(&self.inner.recordings).await
     }
 
     /// The file of one recording.
-    pub async fn recording_path(&self, id: &str) -> Result<PathBuf> {
+    pub async fn recording_path(&self, who: &Principal, id: &str) -> Result<PathBuf> {
+        who.require(Action::Admin)?;
         record::path_of(&self.inner.recordings, id).await
     }
 

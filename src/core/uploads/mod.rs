@@ -18,6 +18,7 @@ mod state;
 
 pub use append::Append;
 
+use crate::core::auth::Action;
 use crate::core::audit::{Actor, now_ms};
 use crate::core::checksum::Md5Stream;
 use crate::core::error::{Code, Error, Result};
@@ -154,6 +155,7 @@ impl Uploads {
     /// Starts an upload to `raw`; the returned append takes the first part (possibly empty).
     /// If that part is cut off the upload is dropped, as its id was never announced.
     pub async fn create(&self, actor: &Actor, raw: &str, d: Declared) -> Result<Append> {
+        actor.require(Action::Write)?;
         let rel = RelPath::parse(raw)?;
         check_md5s(None, &d)?;
         let length = length_of(0, None, &d)?;
@@ -236,6 +238,7 @@ impl Uploads {
         offset: u64,
         d: Declared,
     ) -> Result<Append> {
+        actor.require(Action::Write)?;
         let stop = CancellationToken::new();
         let slot = self.inner.files.transfer_slot()?;
         let job = {
@@ -296,7 +299,8 @@ impl Uploads {
 
     /// The state of upload `id`. A running append is stopped first (the draft lets the server end
     /// it), so the offset returned is settled and the next append at it is accepted.
-    pub async fn status(&self, id: &str) -> Result<UploadInfo> {
+    pub async fn status(&self, actor: &Actor, id: &str) -> Result<UploadInfo> {
+        actor.require(Action::Write)?;
         loop {
             let settled = {
                 let map = self.inner.map.lock().unwrap();
@@ -322,6 +326,7 @@ impl Uploads {
     /// Cancels upload `id`: a running append is stopped and the temp file removed. A completed
     /// upload is only forgotten; its file stays.
     pub async fn cancel(&self, actor: &Actor, id: &str) -> Result<()> {
+        actor.require(Action::Write)?;
         let up = loop {
             let settled = {
                 let mut map = self.inner.map.lock().unwrap();

@@ -35,7 +35,7 @@ fn a_creation_dropped_while_its_temp_file_is_made_leaves_nothing_behind() {
         let cfg = CoreConfig {
             root: root.path().to_path_buf(),
             data_dir: data.path().to_path_buf(),
-            token: "t".into(),
+            access: crate::core::auth::AccessConfig::single_admin("t"),
             exec: ExecLimits {
                 timeout: Duration::from_secs(1),
                 max_output: 1024,
@@ -51,6 +51,7 @@ fn a_creation_dropped_while_its_temp_file_is_made_leaves_nothing_behind() {
             session_id: "s".into(),
             transport: "http",
             peer: "test".into(),
+            principal: std::sync::Arc::new(crate::core::auth::Principal::admin("test")),
         };
         // Polled once, the creation has queued its temp file's creation and waits for it; then
         // its request goes away. (Should the blocking task win the race and the creation finish

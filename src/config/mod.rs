@@ -1,6 +1,10 @@
-//! `ferry serve` settings: flags, each also read from `FERRY_<NAME>`.
+//! `ferry serve` settings: flags, each also read from `FERRY_<NAME>`, and the config file.
+
+pub mod file;
 
 use crate::core::CoreConfig;
+use crate::core::auth::{AccessConfig, Role, TokenEntry, load_or_create_token, token_digest};
+use file::ConfigFile;
 use crate::core::exec::ExecLimits;
 use crate::core::term::TermConfig;
 use crate::http::HttpConfig;
@@ -26,9 +30,16 @@ pub struct ServeArgs {
     /// Address of the HTTP API, file downloads and uploads (port 0 picks a free port).
     #[arg(long, env = "FERRY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
-    /// Access token; without one, a token is generated once and kept in the data dir.
+    /// Config file of tokens (by hash) with roles; see docs/ferry.example.toml.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Admin access token; without one (and without --config), a token is generated once and
+    /// kept in the data dir.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Let requests without a token download files (nothing else).
+    #[arg(long, env = "FERRY_PUBLIC_READ")]
+    pub public_read: bool,
     /// Most TCP connections at once.
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -98,8 +109,38 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl ServeArgs {
-    /// The server configuration for these flags and a resolved token.
-    pub fn to_config(&self, token: String) -> anyhow::Result<ServerConfig> {
+    /// Who may connect: the config file's tokens (plus `--token`, as an admin), or else one
+    /// admin token (`--token`, or the one kept in the data dir, generated at first start).
+    /// The second value is a token to print, when one was just generated.
+    pub fn access(&self) -> anyhow::Result<(AccessConfig, Option<String>)> {
+        let Some(path) = &self.config else {
+            let (token, generated) = load_or_create_token(self.token.as_deref(), &self.data_dir)?;
+            let mut access = AccessConfig::single_admin(&token);
+            access.public_read = self.public_read;
+            return Ok((access, generated.then_some(token)));
+        };
+        let mut access = ConfigFile::load(path)?.access()?;
+        access.public_read |= self.public_read;
+        if let Some(t) = &self.token {
+            anyhow::ensure!(!t.trim().is_empty(), "--token must not be empty");
+            access.tokens.push(TokenEntry {
+                name: "admin".into(),
+                role: Role::Admin,
+                digest: token_digest(t),
+            });
+        }
+        anyhow::ensure!(
+            !access.tokens.is_empty() || access.public_read,
+            "{} lists no [tokens]: add one with `ferry token new --role admin`",
+            path.display()
+        );
+        Ok((access, None))
+    }
+
+    /// The server configuration for these flags; also a token to print, when one was just
+    /// generated.
+    pub fn to_config(&self) -> anyhow::Result<(ServerConfig, Option<String>)> {
+        let (access, generated) = self.access()?;
         anyhow::ensure!(
             (64 * 1024..=8 * 1024 * 1024).contains(&self.max_frame),
             "--max-frame must be between 64K and 8M"
@@ -107,11 +148,11 @@ impl ServeArgs {
         anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
         anyhow::ensure!(self.upload_expiry > 0, "--upload-expiry must be positive");
         anyhow::ensure!(self.term_idle > 0, "--term-idle must be positive");
-        Ok(ServerConfig {
+        let cfg = ServerConfig {
             core: CoreConfig {
                 root: self.root.clone(),
                 data_dir: self.data_dir.clone(),
-                token,
+                access,
                 exec: ExecLimits {
                     timeout: Duration::from_secs(self.exec_timeout),
                     max_output: self.max_output,
@@ -143,7 +184,8 @@ impl ServeArgs {
                 allowed_origins: self.allow_origin.clone(),
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
-        })
+        };
+        Ok((cfg, generated))
     }
 }
 

@@ -1,33 +1,15 @@
-//! Access tokens: generation, storage and constant-time checks.
+//! Access tokens: generation, storage and their stored form (a SHA-256 digest).
 
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
-use subtle::ConstantTimeEq;
 
 /// The file in the data dir that holds the generated token.
 pub const TOKEN_FILE: &str = "token";
 
-/// Checks presented tokens against the server's; the same check for every transport.
-#[derive(Clone)]
-pub struct Auth {
-    digest: [u8; 32],
-}
-
-impl Auth {
-    /// An authenticator for `token`.
-    pub fn new(token: &str) -> Self {
-        Auth {
-            digest: Sha256::digest(token.as_bytes()).into(),
-        }
-    }
-
-    /// Whether `presented` is the token; compares digests in constant time, so length leaks nothing.
-    pub fn check(&self, presented: Option<&str>) -> bool {
-        let Some(p) = presented else { return false };
-        let d: [u8; 32] = Sha256::digest(p.as_bytes()).into();
-        bool::from(d.ct_eq(&self.digest)) && !p.is_empty()
-    }
+/// The SHA-256 digest of a token: all the server keeps of a configured token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// A fresh random token: 32 bytes as hex.
@@ -65,24 +47,4 @@ pub fn load_or_create_token(
     writeln!(f, "{token}")?;
     f.sync_all()?;
     Ok((token, true))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checks() {
-        let a = Auth::new("secret");
-        assert!(a.check(Some("secret")));
-        for bad in [
-            None,
-            Some(""),
-            Some("secre"),
-            Some("secret2"),
-            Some("SECRET"),
-        ] {
-            assert!(!a.check(bad), "{bad:?}");
-        }
-    }
 }

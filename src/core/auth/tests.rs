@@ -1,0 +1,110 @@
+use super::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn auth(public_read: bool) -> Auth {
+    let mut cfg = AccessConfig::single_admin("secret");
+    cfg.tokens.push(TokenEntry {
+        name: "bob".into(),
+        role: Role::Read,
+        digest: token_digest("bobs-token"),
+    });
+    cfg.programs.insert(Role::Exec, vec!["ls".into()]);
+    cfg.public_read = public_read;
+    Auth::new(&cfg)
+}
+
+#[test]
+fn tokens_map_to_their_principals() {
+    let a = auth(false);
+    assert_eq!(a.authenticate(PEER, Some("secret")).unwrap().role, Role::Admin);
+    let bob = a.authenticate(PEER, Some("bobs-token")).unwrap();
+    assert_eq!((bob.name.as_str(), bob.role), ("bob", Role::Read));
+    for bad in [None, Some(""), Some("secre"), Some("secret2"), Some("SECRET")] {
+        let e = a.authenticate(PEER, bad).unwrap_err();
+        assert_eq!(e.code, Code::Unauthorized, "{bad:?}");
+    }
+}
+
+#[test]
+fn anonymous_reader_only_when_public_read() {
+    assert!(auth(false).anonymous().is_none());
+    let a = auth(true);
+    let anon = a.authenticate(PEER, None).unwrap();
+    assert_eq!(anon.role, Role::Anonymous);
+    assert!(anon.require(Action::Download).is_ok());
+    assert_eq!(anon.require(Action::Browse).unwrap_err().code, Code::Unauthorized);
+    // A wrong token is still wrong: it does not fall back to anonymous.
+    assert!(a.authenticate(PEER, Some("nope")).is_err());
+}
+
+#[test]
+fn roles_are_ordered() {
+    let p = |role| Principal {
+        name: "x".into(),
+        role,
+        programs: None,
+    };
+    assert!(p(Role::Read).require(Action::Browse).is_ok());
+    assert_eq!(p(Role::Read).require(Action::Write).unwrap_err().code, Code::Forbidden);
+    assert!(p(Role::Write).require(Action::Write).is_ok());
+    assert!(p(Role::Write).require(Action::Exec).is_err());
+    assert!(p(Role::Exec).require(Action::Exec).is_ok());
+    assert!(p(Role::Exec).require(Action::Admin).is_err());
+    assert!(p(Role::Admin).require(Action::Admin).is_ok());
+}
+
+#[test]
+fn program_allowlists() {
+    let allow = vec!["ls".to_string(), "/usr/bin/git".to_string()];
+    assert!(program_allowed(&allow, "ls"));
+    assert!(program_allowed(&allow, "/bin/ls"));
+    assert!(program_allowed(&allow, "/usr/bin/git"));
+    assert!(!program_allowed(&allow, "git"));
+    assert!(!program_allowed(&allow, "lsblk"));
+    assert!(!program_allowed(&allow, "sh"));
+    let a = auth(false);
+    let mut cfg = AccessConfig::single_admin("x");
+    cfg.tokens[0].role = Role::Exec;
+    cfg.programs.insert(Role::Exec, allow);
+    let exec = Auth::new(&cfg).authenticate(PEER, Some("x")).unwrap();
+    assert!(exec.require_program("/bin/ls").is_ok());
+    assert_eq!(exec.require_program("sh").unwrap_err().code, Code::Forbidden);
+    // Admin has no allowlist here.
+    let admin = a.authenticate(PEER, Some("secret")).unwrap();
+    assert!(admin.require_program("sh").is_ok());
+}
+
+#[test]
+fn failures_are_limited_per_address() {
+    let a = auth(false);
+    let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    for _ in 0..limit::BURST {
+        assert_eq!(a.authenticate(PEER, Some("guess")).unwrap_err().code, Code::Unauthorized);
+    }
+    // Now even the right token is refused from that address, but not from another.
+    assert_eq!(a.authenticate(PEER, Some("secret")).unwrap_err().code, Code::RateLimited);
+    assert!(a.authenticate(other, Some("secret")).is_ok());
+}
+
+#[test]
+fn buckets_refill_and_ipv6_counts_by_prefix() {
+    let l = FailureLimiter::new(2, Duration::from_millis(50));
+    let a: IpAddr = "2001:db8::1".parse().unwrap();
+    let b: IpAddr = "2001:db8::2".parse().unwrap();
+    let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
+    l.failed(a);
+    l.failed(b);
+    let wait = l.check(a).unwrap_err();
+    assert!(wait <= Duration::from_millis(50));
+    l.failed(mapped);
+    assert!(l.check(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))).is_ok());
+    assert!(l.check(IpAddr::V6(Ipv6Addr::LOCALHOST)).is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while l.check(a).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the bucket never refilled");
+        std::thread::yield_now();
+    }
+}
