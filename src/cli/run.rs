@@ -1,7 +1,7 @@
 //! `ferry exec` and `ferry shell`.
 
 use super::{Conn, ExecArgs};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ClientTls};
 use crate::core::error::Code;
 use crate::core::exec::ExecRequest;
 use crate::tcp::codec::Kind;
@@ -27,7 +27,12 @@ pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
             })?
         }
     };
-    match Client::connect(&conn.addr, &token).await {
+    let tls = match (&conn.ca, conn.tls) {
+        (Some(ca), _) => Some(ClientTls::with_ca_file(ca)?),
+        (None, true) => Some(ClientTls::system()?),
+        (None, false) => None,
+    };
+    match Client::connect_with(&conn.addr, &token, tls.as_ref()).await {
         Ok(c) => Ok(c),
         Err(ClientError::Io(e)) => Err(anyhow::anyhow!(
             "cannot reach ferry at {}: {e} (is `ferry serve` running there?)",
@@ -35,6 +40,10 @@ pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
         )),
         Err(e) if e.code() == Some(Code::Unauthorized) => Err(anyhow::anyhow!(
             "the server at {} refused the token (unauthorized); check --token or FERRY_TOKEN",
+            conn.addr
+        )),
+        Err(e @ ClientError::Protocol(_)) if tls.is_none() => Err(anyhow::anyhow!(
+            "{e} (if the server at {} uses TLS, pass --tls)",
             conn.addr
         )),
         Err(e) => Err(e.into()),

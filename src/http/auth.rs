@@ -6,6 +6,7 @@ use crate::core::error::Code;
 use crate::http::ApiError;
 use crate::http::conn::ConnState;
 use crate::http::login::{Logins, cookie_id};
+use crate::http::origin::same_origin;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
@@ -25,20 +26,16 @@ pub fn bearer(req: &Request) -> Option<&str> {
 
 /// Whether a cookie-authenticated request may change state: a GET or HEAD always may; other
 /// methods must not come from another origin, and must show they were sent by script (an
-/// `X-Ferry` header or a JSON body) or by a same-origin page (an `Origin` equal to the host).
-pub fn csrf_ok(method: &Method, headers: &HeaderMap) -> bool {
+/// `X-Ferry` header or a JSON body) or by a same-origin page (an `Origin` equal to the host,
+/// `https://` only when the connection is `tls`).
+pub fn csrf_ok(method: &Method, headers: &HeaderMap, tls: bool) -> bool {
     if *method == Method::GET || *method == Method::HEAD {
         return true;
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let same_origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
         None => None,
-        Some(Ok(origin)) => Some(host.is_some_and(|host| {
-            origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|o| o.eq_ignore_ascii_case(host))
-        })),
+        Some(Ok(origin)) => Some(host.is_some_and(|host| same_origin(origin, host, tls))),
         Some(Err(_)) => Some(false),
     };
     if same_origin == Some(false) {
@@ -66,7 +63,11 @@ pub async fn require_token(
             return ApiError::new(Code::Unauthorized, "wrong token").into_response();
         }
     } else if cookie_id(req.headers()).is_some_and(|id| logins.valid(id)) {
-        if !csrf_ok(req.method(), req.headers()) {
+        let tls = req
+            .extensions()
+            .get::<Arc<ConnState>>()
+            .is_some_and(|c| c.tls);
+        if !csrf_ok(req.method(), req.headers(), tls) {
             return ApiError::new(
                 Code::ForbiddenOrigin,
                 "cross-site request refused: send X-Ferry: 1 (or a JSON body) from the same origin",
@@ -92,6 +93,10 @@ pub async fn require_token(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn csrf_ok(method: &Method, headers: &HeaderMap) -> bool {
+        super::csrf_ok(method, headers, false)
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -127,5 +132,10 @@ mod tests {
             &Method::POST,
             &headers(&[("origin", "null"), ("content-type", "application/json")])
         ));
+        // Over TLS only the https origin is the server's own.
+        let plain_page = headers(&[("origin", "http://127.0.0.1:8080")]);
+        assert!(!super::csrf_ok(&Method::DELETE, &plain_page, true));
+        let tls_page = headers(&[("origin", "https://127.0.0.1:8080")]);
+        assert!(super::csrf_ok(&Method::DELETE, &tls_page, true));
     }
 }

@@ -51,6 +51,8 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         term_idle: 3600,
         no_record: false,
         allow_origin: Vec::new(),
+        tls_cert: None,
+        tls_key: None,
     }
     .to_config(TOKEN.to_string())
     .unwrap();
