@@ -68,8 +68,9 @@ impl Stream {
                 let (r, w) = s.into_split();
                 (Box::new(r), Box::new(w))
             }
-            Stream::Tls(s) => {
-                let (r, w) = tokio::io::split(s);
+            // Split the wrapper, not the TLS stream, so that its reads keep the EOF rule below.
+            tls => {
+                let (r, w) = tokio::io::split(tls);
                 (Box::new(r), Box::new(w))
             }
         }

@@ -226,6 +226,16 @@ async fn cli_execs_and_moves_files_over_tls_with_its_ca() {
     );
     assert_eq!(md5sum(&work.path().join("down.bin")), want);
 
+    // A CLI that exits without a TLS close_notify has left, not failed.
+    let ended = "transport = 'tcp' AND ended_at IS NOT NULL";
+    let deadline = Instant::now() + HANG;
+    while s.count("sessions", ended).await < 3 {
+        assert!(Instant::now() < deadline, "the CLI sessions never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reasons = "transport = 'tcp' AND end_reason = 'closed by peer'";
+    assert_eq!(s.count("sessions", reasons).await, 3);
+
     // The library client over TLS: several streams on one connection.
     let c = s.client().await;
     let (a, b) = tokio::join!(c.list("tls"), c.stat("tls/up.bin"));
