@@ -19,3 +19,4 @@ pub mod http;
 pub mod listen;
 pub mod server;
 pub mod tcp;
+pub mod tls;

@@ -34,6 +34,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
     let (cfg, generated) = args.to_config()?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let tcp = tokio::net::TcpListener::bind(args.tcp_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.tcp_addr))?;
@@ -53,7 +54,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         running.core.files.root_path().display()
     );
     println!("tcp  {}", running.tcp_addr);
-    println!("http http://{}", running.http_addr);
+    println!("http {scheme}://{}", running.http_addr);
+    if let Some(cert) = &args.tls_cert {
+        println!("tls  both listeners, certificate {}", cert.display());
+    }
     if let Some(token) = generated {
         println!(
             "token {token}\n      (generated once and kept in {}; clients read it from FERRY_TOKEN or --token)",

@@ -3,6 +3,7 @@
 use crate::core::{Core, CoreConfig};
 use crate::http::{self, HttpConfig};
 use crate::tcp::{self, TcpConfig};
+use crate::tls::ServerTls;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -21,6 +22,8 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// How long transfers may go on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// TLS for both listeners (they then speak TLS only); `None`: plain TCP and HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 /// The bound sockets a server serves (bound by the caller, so tests can use port 0).
@@ -63,6 +66,7 @@ pub async fn start(
     let accept = tokio::spawn(tcp::serve(
         core.clone(),
         cfg.tcp.clone(),
+        cfg.tls.as_ref().map(|t| t.acceptor(&[])),
         listeners.tcp,
         shutdown.clone(),
         kill.clone(),
@@ -71,6 +75,7 @@ pub async fn start(
     let http_accept = tokio::spawn(http::serve(
         core.clone(),
         cfg.http.clone(),
+        cfg.tls.as_ref().map(|t| t.acceptor(&[b"http/1.1"])),
         listeners.http,
         shutdown.clone(),
         kill.clone(),

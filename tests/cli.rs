@@ -36,6 +36,10 @@ fn ferry_cmd(cwd: &Path) -> Command {
         "FERRY_ROOT",
         "FERRY_TCP_ADDR",
         "FERRY_LOG",
+        "FERRY_TLS",
+        "FERRY_CA",
+        "FERRY_TLS_CERT",
+        "FERRY_TLS_KEY",
     ] {
         c.env_remove(v);
     }

@@ -87,6 +87,12 @@ pub struct Conn {
     /// Access token (printed by `ferry serve` at first start, kept in its data dir).
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Connect over TLS, trusting the system's CA certificates (or only --ca).
+    #[arg(long, env = "FERRY_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls: bool,
+    /// PEM file of the CA (or the self-signed certificate) to trust instead; implies --tls.
+    #[arg(long, env = "FERRY_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Flags of `ferry exec`.

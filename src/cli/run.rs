@@ -1,7 +1,7 @@
 //! `ferry exec` and `ferry shell`.
 
 use super::{Conn, ExecArgs};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ClientTls};
 use crate::core::error::Code;
 use crate::core::exec::ExecRequest;
 use crate::tcp::codec::Kind;
@@ -26,7 +26,12 @@ pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
             .ok()
             .map(|t| t.trim().to_string())
     });
-    match Client::connect(&conn.addr, token.as_deref().unwrap_or("")).await {
+    let tls = match (&conn.ca, conn.tls) {
+        (Some(ca), _) => Some(ClientTls::with_ca_file(ca)?),
+        (None, true) => Some(ClientTls::system()?),
+        (None, false) => None,
+    };
+    match Client::connect_with(&conn.addr, token.as_deref().unwrap_or(""), tls.as_ref()).await {
         Ok(c) => Ok(c),
         Err(ClientError::Io(e)) => Err(anyhow::anyhow!(
             "cannot reach ferry at {}: {e} (is `ferry serve` running there?)",
@@ -37,6 +42,10 @@ pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
         )),
         Err(e) if e.code() == Some(Code::Unauthorized) => Err(anyhow::anyhow!(
             "the server at {} refused the token (unauthorized); check --token or FERRY_TOKEN",
+            conn.addr
+        )),
+        Err(e @ ClientError::Protocol(_)) if tls.is_none() => Err(anyhow::anyhow!(
+            "{e} (if the server at {} uses TLS, pass --tls)",
             conn.addr
         )),
         Err(e) => Err(e.into()),

@@ -3,10 +3,13 @@
 //! Used by the `ferry` CLI and the tests; any program written from `docs/protocol.md` is its peer.
 
 mod ops;
+mod tls;
 
 pub use ops::{GetOutcome, Progress};
+pub use tls::ClientTls;
 
 use crate::core::error::{Code, Error};
+use crate::listen::{ReadHalf, WriteHalf};
 use crate::tcp::codec::{Frame, FrameCodec, HEADER_LEN, Kind};
 use crate::tcp::messages::{ErrorBody, Hello, PROTOCOL_VERSION, Request, Welcome};
 use bytes::Bytes;
@@ -29,6 +32,9 @@ pub enum ClientError {
     /// The connection could not be made or broke.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS could not be set up: an untrusted certificate, a failed handshake, a bad CA file.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server answered with an error.
     #[error("{}: {}", .0.code, .0.message)]
     Server(Error),
@@ -86,9 +92,23 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` and says hello with `token`.
     pub async fn connect(addr: &str, token: &str) -> Result<Client> {
+        Client::connect_with(addr, token, None).await
+    }
+
+    /// Connects to `addr`, over TLS when `tls` is given, and says hello with `token`.
+    pub async fn connect_with(addr: &str, token: &str, tls: Option<&ClientTls>) -> Result<Client> {
         let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
-        let (rd, wr) = sock.into_split();
+        let (rd, wr): (ReadHalf, WriteHalf) = match tls {
+            None => {
+                let (r, w) = sock.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(tls) => {
+                let (r, w) = tokio::io::split(tls.handshake(sock, addr).await?);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let mut reader = FramedRead::new(rd, FrameCodec::new(CLIENT_MAX_FRAME));
         let mut writer = FramedWrite::new(wr, FrameCodec::new(CLIENT_MAX_FRAME));
         let hello = Hello {
@@ -274,10 +294,7 @@ impl Drop for StreamHandle {
     }
 }
 
-async fn write_loop(
-    mut w: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut rx: mpsc::Receiver<Frame>,
-) {
+async fn write_loop(mut w: FramedWrite<WriteHalf, FrameCodec>, mut rx: mpsc::Receiver<Frame>) {
     while let Some(f) = rx.recv().await {
         if w.feed(f).await.is_err() {
             return;
@@ -291,12 +308,11 @@ async fn write_loop(
             return;
         }
     }
+    // Every handle is gone: end the connection cleanly (over TLS, with a close_notify).
+    let _ = w.close().await;
 }
 
-async fn read_loop(
-    mut r: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    streams: Streams,
-) {
+async fn read_loop(mut r: FramedRead<ReadHalf, FrameCodec>, streams: Streams) {
     while let Some(Ok(f)) = r.next().await {
         let map = streams.lock().unwrap();
         if f.stream == 0 {

@@ -10,6 +10,7 @@ use crate::core::term::TermConfig;
 use crate::http::HttpConfig;
 use crate::server::ServerConfig;
 use crate::tcp::TcpConfig;
+use crate::tls::ServerTls;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,22 @@ pub struct ServeArgs {
     /// repeatable or comma-separated, `*` allows any.
     #[arg(long, env = "FERRY_ALLOW_ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
+    /// PEM certificate chain (leaf first): with --tls-key, both listeners speak TLS only.
+    #[arg(
+        long,
+        env = "FERRY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "FERRY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Parses `123`, `64K`, `1M`, `2G` (powers of 1024).
@@ -148,6 +165,13 @@ impl ServeArgs {
         anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
         anyhow::ensure!(self.upload_expiry > 0, "--upload-expiry must be positive");
         anyhow::ensure!(self.term_idle > 0, "--term-idle must be positive");
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ServerTls::from_pem_files(cert, key).map_err(anyhow::Error::msg)?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither"),
+        };
         let cfg = ServerConfig {
             core: CoreConfig {
                 root: self.root.clone(),
@@ -179,11 +203,12 @@ impl ServeArgs {
                 request_timeout: Duration::from_secs(self.request_timeout.max(1)),
                 header_timeout: Duration::from_secs(self.hello_timeout),
                 max_connections: self.max_connections,
-                // No TLS yet: a cookie marked Secure would never come back over plain HTTP.
-                secure_cookies: false,
+                // Over plain HTTP a cookie marked Secure would never come back.
+                secure_cookies: tls.is_some(),
                 allowed_origins: self.allow_origin.clone(),
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            tls,
         };
         Ok((cfg, generated))
     }

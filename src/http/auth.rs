@@ -7,11 +7,11 @@ use crate::core::error::{Code, Error};
 use crate::http::ApiError;
 use crate::http::conn::ConnState;
 use crate::http::login::{Logins, logged_in};
+use crate::http::origin::same_origin;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The header a browser page sends on requests that change state, proving it is same-origin:
@@ -31,10 +31,11 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub fn principal_of(
     core: &Core,
     logins: &Logins,
-    peer: IpAddr,
+    conn: &ConnState,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Arc<Principal>, Error> {
+    let peer = conn.peer.ip();
     if headers.contains_key(header::AUTHORIZATION) {
         let Some(token) = bearer(headers) else {
             return Err(Error::new(
@@ -45,7 +46,7 @@ pub fn principal_of(
         return core.auth.authenticate(peer, Some(token));
     }
     if let Some(who) = logged_in(logins, headers) {
-        if !csrf_ok(method, headers) {
+        if !csrf_ok(method, headers, conn.tls) {
             return Err(Error::new(
                 Code::ForbiddenOrigin,
                 "cross-site request refused: send X-Ferry: 1 (or a JSON body) from the same origin",
@@ -63,20 +64,16 @@ pub fn principal_of(
 
 /// Whether a cookie-authenticated request may change state: a GET or HEAD always may; other
 /// methods must not come from another origin, and must show they were sent by script (an
-/// `X-Ferry` header or a JSON body) or by a same-origin page (an `Origin` equal to the host).
-pub fn csrf_ok(method: &Method, headers: &HeaderMap) -> bool {
+/// `X-Ferry` header or a JSON body) or by a same-origin page (an `Origin` equal to the host,
+/// `https://` only when the connection is `tls`).
+pub fn csrf_ok(method: &Method, headers: &HeaderMap, tls: bool) -> bool {
     if *method == Method::GET || *method == Method::HEAD {
         return true;
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let same_origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
         None => None,
-        Some(Ok(origin)) => Some(host.is_some_and(|host| {
-            origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|o| o.eq_ignore_ascii_case(host))
-        })),
+        Some(Ok(origin)) => Some(host.is_some_and(|host| same_origin(origin, host, tls))),
         Some(Err(_)) => Some(false),
     };
     if same_origin == Some(false) {
@@ -100,7 +97,7 @@ pub async fn require_token(
     let Some(conn) = req.extensions().get::<Arc<ConnState>>().cloned() else {
         return ApiError::new(Code::Internal, "request without a connection").into_response();
     };
-    let who = match principal_of(&core, &logins, conn.peer.ip(), req.method(), req.headers()) {
+    let who = match principal_of(&core, &logins, &conn, req.method(), req.headers()) {
         Ok(who) => who,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -113,6 +110,10 @@ pub async fn require_token(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn csrf_ok(method: &Method, headers: &HeaderMap) -> bool {
+        super::csrf_ok(method, headers, false)
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -148,5 +149,10 @@ mod tests {
             &Method::POST,
             &headers(&[("origin", "null"), ("content-type", "application/json")])
         ));
+        // Over TLS only the https origin is the server's own.
+        let plain_page = headers(&[("origin", "http://127.0.0.1:8080")]);
+        assert!(!super::csrf_ok(&Method::DELETE, &plain_page, true));
+        let tls_page = headers(&[("origin", "https://127.0.0.1:8080")]);
+        assert!(super::csrf_ok(&Method::DELETE, &tls_page, true));
     }
 }

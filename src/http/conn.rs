@@ -6,6 +6,7 @@ use crate::core::audit::Actor;
 use crate::core::auth::Principal;
 use crate::core::registry::{SessionCounters, SessionGuard};
 use crate::http::HttpConfig;
+use crate::listen::{Stream, establish};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
@@ -15,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -24,6 +26,8 @@ use tower::ServiceExt;
 pub struct ConnState {
     /// The peer's address.
     pub peer: SocketAddr,
+    /// Whether the connection came over TLS (its pages' origin is then `https://`).
+    pub tls: bool,
     session: OnceLock<(Actor, Arc<SessionCounters>)>,
     guard: Mutex<Option<SessionGuard>>,
     opening: tokio::sync::Mutex<()>,
@@ -32,9 +36,10 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, tls: bool) -> Self {
         ConnState {
             peer,
+            tls,
             session: OnceLock::new(),
             guard: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
@@ -92,7 +97,7 @@ impl ConnState {
 
 /// A socket that counts the bytes it moves into its connection's session.
 struct Counted {
-    sock: TcpStream,
+    sock: Stream,
     state: Arc<ConnState>,
 }
 
@@ -153,16 +158,16 @@ impl AsyncWrite for Counted {
 pub(super) async fn accept_loop(
     core: Core,
     cfg: HttpConfig,
+    tls: Option<TlsAcceptor>,
     app: Router,
     listener: TcpListener,
-    shutdown: CancellationToken,
-    kill: CancellationToken,
-    tracker: TaskTracker,
+    (shutdown, kill, tracker): (CancellationToken, CancellationToken, TaskTracker),
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(64 * 1024);
+    let http = Arc::new(http);
     let stop = shutdown.clone();
     crate::listen::accept_loop(
         listener,
@@ -170,22 +175,30 @@ pub(super) async fn accept_loop(
         stop,
         "http",
         |sock, peer, permit| {
-            let state = Arc::new(ConnState::new(peer));
-            let io = TokioIo::new(Counted {
-                sock,
-                state: state.clone(),
-            });
-            let app = app.clone();
-            let state2 = state.clone();
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(state2.clone());
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let conn = http.serve_connection(io, svc).with_upgrades();
+            let state = Arc::new(ConnState::new(peer, tls.is_some()));
+            let (app, http, tls) = (app.clone(), http.clone(), tls.clone());
             let (core, shutdown, kill) = (core.clone(), shutdown.clone(), kill.clone());
+            let timeout = cfg.header_timeout;
             tracker.spawn(async move {
+                // The handshake runs here, off the accept loop, bounded like the headers are.
+                let Some(sock) =
+                    establish(sock, peer, tls.as_ref(), timeout, &shutdown, "http").await
+                else {
+                    drop(permit);
+                    return;
+                };
+                let io = TokioIo::new(Counted {
+                    sock,
+                    state: state.clone(),
+                });
+                let state2 = state.clone();
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(state2.clone());
+                        app.clone().oneshot(req.map(axum::body::Body::new))
+                    },
+                );
+                let conn = http.serve_connection(io, svc).with_upgrades();
                 tokio::pin!(conn);
                 let reason = tokio::select! {
                     r = conn.as_mut() => closed(r),

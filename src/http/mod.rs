@@ -12,6 +12,7 @@ mod error;
 mod exec;
 mod files;
 mod login;
+mod origin;
 pub mod range;
 mod routes;
 mod term;
@@ -24,6 +25,7 @@ pub use routes::{PUBLIC, ROUTES, Shutdown, router};
 use crate::core::Core;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,7 +42,7 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Most connections at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Whether login cookies say `Secure` (set it when a TLS proxy fronts ferry).
+    /// Whether login cookies say `Secure` (always so with TLS; set it when a TLS proxy fronts ferry).
     pub secure_cookies: bool,
     /// Origins besides the request's own host whose pages may open a terminal (`*`: any).
     pub allowed_origins: Vec<String>,
@@ -61,15 +63,19 @@ impl Default for HttpConfig {
 }
 
 /// Serves HTTP on `listener` until `shutdown`; connections run on `tracker`, and `kill` drops
-/// them all at once.
+/// them all at once. With `tls`, HTTPS only: each connection first makes a TLS handshake
+/// (within the header timeout), and login cookies are `Secure`.
 pub async fn serve(
     core: Core,
-    cfg: HttpConfig,
+    mut cfg: HttpConfig,
+    tls: Option<TlsAcceptor>,
     listener: TcpListener,
     shutdown: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
 ) {
+    cfg.secure_cookies |= tls.is_some();
     let app = router(core.clone(), &cfg, Shutdown(shutdown.clone()));
-    conn::accept_loop(core, cfg, app, listener, shutdown, kill, tracker).await;
+    let stop = (shutdown, kill, tracker);
+    conn::accept_loop(core, cfg, tls, app, listener, stop).await;
 }

@@ -55,7 +55,7 @@ pub async fn ws(
     Query(q): Query<TermQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> std::result::Result<Response, ApiError> {
-    if !origin_allowed(&headers, &allowed.0) {
+    if !origin_allowed(&headers, &allowed.0, conn.tls) {
         return Err(ApiError::new(
             Code::ForbiddenOrigin,
             "the Origin of this request may not open a terminal (see --allow-origin)",
@@ -87,8 +87,8 @@ pub async fn ws(
         .on_upgrade(move |socket| run(socket, attachment)))
 }
 
-/// Whether the request's `Origin` (if any) is its own host or an allowed origin.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+/// Whether the request's `Origin` (if any) is its own (`https://` over TLS) or an allowed origin.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String], tls: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true; // not a browser
     };
@@ -102,20 +102,10 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     {
         return true;
     }
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return false;
-    };
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
-    let default_port = match scheme {
-        "http" => ":80",
-        "https" => ":443",
-        _ => return false,
-    };
-    let host = host.trim().to_ascii_lowercase();
-    let strip = |s: &str| s.strip_suffix(default_port).unwrap_or(s).to_string();
-    strip(authority) == strip(&host)
+    super::origin::same_origin(&origin, host, tls)
 }
 
 async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
@@ -324,24 +314,17 @@ mod tests {
 
     #[test]
     fn same_origin_and_allowed_origins_pass() {
-        assert!(origin_allowed(
-            &h("http://127.0.0.1:8080", "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            &h("https://ferry.example", "ferry.example:443"),
-            &[]
-        ));
-        assert!(!origin_allowed(
-            &h("http://evil.example", "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(!origin_allowed(&h("null", "127.0.0.1:8080"), &[]));
+        let ok = |o, host, allowed: &[String], tls| origin_allowed(&h(o, host), allowed, tls);
+        assert!(ok("http://127.0.0.1:8080", "127.0.0.1:8080", &[], false));
+        assert!(ok("https://ferry.example", "ferry.example:443", &[], false));
+        assert!(!ok("http://evil.example", "127.0.0.1:8080", &[], false));
+        assert!(!ok("null", "127.0.0.1:8080", &[], false));
         let allowed = vec!["http://ui.example/".to_string()];
-        assert!(origin_allowed(
-            &h("http://UI.example", "127.0.0.1:8080"),
-            &allowed
-        ));
-        assert!(origin_allowed(&HeaderMap::new(), &[]));
+        assert!(ok("http://UI.example", "127.0.0.1:8080", &allowed, false));
+        assert!(origin_allowed(&HeaderMap::new(), &[], false));
+        // Over TLS the server's own pages are https; an allowed origin stays allowed.
+        assert!(ok("https://127.0.0.1:8443", "127.0.0.1:8443", &[], true));
+        assert!(!ok("http://127.0.0.1:8443", "127.0.0.1:8443", &[], true));
+        assert!(ok("http://UI.example", "127.0.0.1:8443", &allowed, true));
     }
 }

@@ -80,7 +80,7 @@ fn page(html: &'static str) -> Response {
 /// Whether the request is authenticated by a login cookie or a bearer token (the anonymous
 /// reader of public read does not get the UI).
 fn authenticated(core: &Core, logins: &Logins, conn: &ConnState, headers: &HeaderMap) -> bool {
-    principal_of(core, logins, conn.peer.ip(), &Method::GET, headers)
+    principal_of(core, logins, conn, &Method::GET, headers)
         .is_ok_and(|p| p.role != Role::Anonymous)
 }
 

@@ -9,13 +9,12 @@ use crate::core::audit::Actor;
 use crate::core::auth::Principal;
 use crate::core::error::{Code, Error};
 use crate::core::registry::SessionCounters;
+use crate::listen::{ReadHalf, Stream, WriteHalf};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -67,8 +66,8 @@ struct Slot {
     cancel: CancellationToken,
 }
 
-type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
-type Writer = FramedWrite<OwnedWriteHalf, FrameCodec>;
+type Reader = FramedRead<ReadHalf, FrameCodec>;
+type Writer = FramedWrite<WriteHalf, FrameCodec>;
 
 fn error_frame(stream: u32, e: &Error) -> Frame {
     Frame::json(Kind::Error, stream, &ErrorBody::from(e))
@@ -91,7 +90,7 @@ impl Conn {
         }
     }
 
-    pub(super) async fn run(self, sock: TcpStream) {
+    pub(super) async fn run(self, sock: Stream) {
         let (rd, wr) = sock.into_split();
         // Until the peer has authenticated, it may send no more than a small hello.
         let mut reader = FramedRead::new(rd, FrameCodec::new(HELLO_MAX.min(self.cfg.max_frame)));

@@ -6,9 +6,11 @@ pub mod messages;
 mod ops;
 
 use crate::core::Core;
+use crate::listen::establish;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,9 +39,11 @@ impl Default for TcpConfig {
 }
 
 /// Accepts connections until `shutdown`; each runs on `tracker`. `kill` ends them all at once.
+/// With `tls`, each connection first makes a TLS handshake, within the hello timeout.
 pub async fn serve(
     core: Core,
     cfg: TcpConfig,
+    tls: Option<TlsAcceptor>,
     listener: TcpListener,
     shutdown: CancellationToken,
     kill: CancellationToken,
@@ -56,8 +60,13 @@ pub async fn serve(
             shutdown.clone(),
             kill.clone(),
         );
+        let (tls, cfg, shutdown) = (tls.clone(), cfg.clone(), shutdown.clone());
         tracker.spawn(async move {
-            conn.run(sock).await;
+            let timeout = cfg.hello_timeout;
+            if let Some(sock) = establish(sock, peer, tls.as_ref(), timeout, &shutdown, "tcp").await
+            {
+                conn.run(sock).await;
+            }
             drop(permit);
         });
     })

@@ -15,8 +15,10 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub struct TestServer {
     /// The TCP address, `127.0.0.1:PORT`.
     pub addr: String,
-    /// The HTTP base URL, `http://127.0.0.1:PORT`.
+    /// The HTTP base URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub http: String,
+    /// What `client()` trusts when the server speaks TLS (set it after starting one).
+    pub client_tls: Option<ferry::client::ClientTls>,
     /// The shared core, for reading the registry and the audit.
     pub core: Core,
     /// The served root.
@@ -53,6 +55,8 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         term_idle: 3600,
         no_record: false,
         allow_origin: Vec::new(),
+        tls_cert: None,
+        tls_key: None,
     }
     .to_config()
     .unwrap()
@@ -79,6 +83,7 @@ impl TestServer {
         let data = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path().to_path_buf(), data.path().to_path_buf());
         tweak(&mut cfg);
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();
@@ -87,7 +92,8 @@ impl TestServer {
             .unwrap();
         TestServer {
             addr: running.tcp_addr.to_string(),
-            http: format!("http://{}", running.http_addr),
+            http: format!("{scheme}://{}", running.http_addr),
+            client_tls: None,
             core: running.core.clone(),
             root: root.path().canonicalize().unwrap(),
             data: data.path().to_path_buf(),
@@ -117,7 +123,9 @@ impl TestServer {
 
     /// A fresh authenticated client connection.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.addr, TOKEN).await.unwrap()
+        Client::connect_with(&self.addr, TOKEN, self.client_tls.as_ref())
+            .await
+            .unwrap()
     }
 
     /// A path under the served root.
