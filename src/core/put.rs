@@ -76,7 +76,13 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     let Some((parent, name)) = rel.split() else {
         return Err(Error::bad_request("cannot put to the root directory"));
     };
-    let tmp = parent.join(&format!(".{name}{TEMP_MARKER}{}", new_id()));
+    // A temp name must fit in 255 bytes too: a long target name is cut (at a char boundary)
+    // to leave room for the dot, the marker and the 16-digit id.
+    let mut keep = name.len().min(255 - 1 - TEMP_MARKER.len() - 16);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let tmp = parent.join(&format!(".{}{TEMP_MARKER}{}", &name[..keep], new_id()));
     if let Ok(meta) = files.dir.metadata(rel.as_path())
         && meta.is_dir()
     {

@@ -112,13 +112,28 @@ async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
     socket.send(json_msg(v)).await.is_ok()
 }
 
-async fn close(mut socket: WebSocket, reason: &'static str) {
+async fn close(socket: WebSocket, reason: &'static str) {
+    close_with(socket, 1000, reason).await;
+}
+
+async fn close_with(mut socket: WebSocket, code: u16, reason: &'static str) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
-            code: 1000,
+            code,
             reason: reason.into(),
         })))
         .await;
+}
+
+/// Closes a socket whose last read failed: 1009 for a message over the limit (the error type
+/// is tungstenite's, which axum does not export, so it is known by its text), else 1002.
+async fn close_after_error(socket: WebSocket, e: &axum::Error) {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("Message too long") {
+        close_with(socket, 1009, "message over 1 MiB").await;
+    } else {
+        close_with(socket, 1002, "protocol error").await;
+    }
 }
 
 /// Pumps one WebSocket: output out (taken only as fast as the socket sends it), input in.
@@ -201,7 +216,11 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
                     }
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Err(e)) => {
+                    close_after_error(socket, &e).await;
+                    return;
+                }
+                Some(Ok(Message::Close(_))) | None => return,
             },
         }
     }

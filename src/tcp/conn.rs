@@ -61,6 +61,8 @@ pub(super) struct Shared {
 
 struct Slot {
     inbound: Option<mpsc::UnboundedSender<Frame>>,
+    /// The stream's `Eof` has been passed on: later data frames are discarded, not queued.
+    ended: bool,
     credit: Arc<AtomicU64>,
     window: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -262,6 +264,7 @@ impl Conn {
                             let (in_tx, in_rx) = mpsc::unbounded_channel();
                             let slot = Slot {
                                 inbound: takes_data.then_some(in_tx),
+                                ended: false,
                                 credit: Arc::new(AtomicU64::new(self.cfg.window as u64)),
                                 window: Arc::new(Semaphore::new(client_window as usize)),
                                 cancel: conn_cancel.child_token(),
@@ -281,11 +284,18 @@ impl Conn {
                             });
                         }
                         Kind::Data | Kind::Eof => {
-                            let Some(slot) = streams.get(&id) else { continue };
+                            let Some(slot) = streams.get_mut(&id) else { continue };
                             let Some(inbound) = &slot.inbound else {
                                 fail(Error::bad_request(format!("stream {id} takes no data"))).await;
                                 break "protocol error";
                             };
+                            // Frames that carry nothing cost no window, so the window cannot
+                            // bound them: an empty `Data`, or anything after the `Eof`, is
+                            // dropped here rather than queued for a consumer that may be stuck.
+                            if slot.ended || (frame.kind == Kind::Data && frame.payload.is_empty()) {
+                                continue;
+                            }
+                            slot.ended = frame.kind == Kind::Eof;
                             let n = frame.payload.len() as u64;
                             if frame.kind == Kind::Data {
                                 let ok = slot.credit
