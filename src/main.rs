@@ -34,6 +34,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
     let (cfg, generated) = args.to_config()?;
+    let cfg_access = cfg.core.access.clone();
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let tcp = tokio::net::TcpListener::bind(args.tcp_addr)
         .await
@@ -57,6 +58,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("http {scheme}://{}", running.http_addr);
     if let Some(cert) = &args.tls_cert {
         println!("tls  both listeners, certificate {}", cert.display());
+    }
+    if let Some(path) = &args.config {
+        let access = &cfg_access;
+        println!(
+            "auth {} token(s) from {}{}",
+            access.tokens.len(),
+            path.display(),
+            if access.public_read { ", public read" } else { "" }
+        );
+    } else if args.public_read {
+        println!("auth public read: anyone may download files");
     }
     if let Some(token) = generated {
         println!(

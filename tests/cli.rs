@@ -36,6 +36,8 @@ fn ferry_cmd(cwd: &Path) -> Command {
         "FERRY_ROOT",
         "FERRY_TCP_ADDR",
         "FERRY_LOG",
+        "FERRY_CONFIG",
+        "FERRY_PUBLIC_READ",
         "FERRY_TLS",
         "FERRY_CA",
         "FERRY_TLS_CERT",
@@ -924,4 +926,58 @@ async fn serve_reads_its_settings_from_the_environment() {
         [data.clone(), root.clone()],
         "nothing else made in the cwd"
     );
+}
+
+/// Runs `ferry token new` and returns the token and its config line.
+async fn token_new(cwd: &Path, role: &str, name: &str) -> (String, String) {
+    let mut c = ferry_cmd(cwd);
+    c.args(["token", "new", "--role", role, "--name", name]);
+    let o = run(c, None).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    let lines: Vec<&str> = o.stdout.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 2, "{o:?}");
+    (lines[0].to_string(), lines[1].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_new_lines_make_a_config_file_that_serve_enforces() {
+    let base = tempfile::tempdir().unwrap();
+    let (admin, admin_line) = token_new(base.path(), "admin", "ops").await;
+    let (viewer, viewer_line) = token_new(base.path(), "read", "viewer").await;
+    assert_eq!(admin.len(), 64, "{admin}");
+    assert!(admin_line.starts_with("ops = { role = \"admin\", sha256 = \""), "{admin_line}");
+    // The file holds hashes only.
+    assert!(!admin_line.contains(&admin) && !viewer_line.contains(&viewer));
+    let mut c = ferry_cmd(base.path());
+    c.args(["token", "new", "--role", "root"]);
+    let o = run(c, None).await;
+    assert!(o.code != 0 && o.stderr.contains("read, write, exec or admin"), "{o:?}");
+
+    let cfg = base.path().join("ferry.toml");
+    std::fs::write(&cfg, format!("[tokens]\n{admin_line}\n{viewer_line}\n")).unwrap();
+    let (root, data) = (base.path().join("root"), base.path().join("data"));
+    let mut cmd = serve_cmd(base.path(), &root, &data);
+    cmd.arg("--config").arg(&cfg);
+    let mut srv = Served::spawn(cmd);
+    let addr = srv.until("tcp ").await;
+    let o = exec_with(&addr, &admin, "echo hi").await;
+    assert_eq!((o.code, o.stdout.as_str()), (0, "hi\n"), "{o:?}");
+    let o = exec_with(&addr, &viewer, "echo hi").await;
+    assert!(o.code != 0 && o.stderr.contains("forbidden"), "{o:?}");
+    let mut ls = ferry_cmd(base.path());
+    ls.env("FERRY_TOKEN", &viewer).args(["ls", "--addr", &addr]);
+    assert_eq!(run(ls, None).await.code, 0);
+    let (code, _, log) = srv.terminate().await;
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("user=viewer") && log.contains("role=read"), "{log}");
+    // With a config file, no token is generated.
+    assert!(!data.join("token").exists());
+
+    // A token written in clear is refused at startup, with the file named.
+    std::fs::write(&cfg, "[tokens]\nx = { role = \"read\", token = \"secret\" }\n").unwrap();
+    let mut cmd = serve_cmd(base.path(), &root, &data);
+    cmd.arg("--config").arg(&cfg);
+    let o = run(cmd, None).await;
+    assert!(o.code != 0, "{o:?}");
+    assert!(o.stderr.contains("ferry.toml") && o.stderr.contains("token"), "{o:?}");
 }

@@ -349,7 +349,12 @@ async fn audit_rows_and_registry() {
     let ended =
         format!("id = '{c_session}' AND ended_at IS NOT NULL AND end_reason = 'closed by peer'");
     assert_eq!(s.count("sessions", &ended).await, 1);
-    let entries = s.core.audit.recent(&ferry::core::auth::Principal::admin("t"), 10, None).await.unwrap();
+    let entries = s
+        .core
+        .audit
+        .recent(&ferry::core::auth::Principal::admin("t"), 10, None)
+        .await
+        .unwrap();
     assert!(
         entries
             .iter()

@@ -6,9 +6,9 @@ mod common;
 use common::{TOKEN, TestServer};
 use ferry::client::Client;
 use ferry::core::auth::{AccessConfig, BURST, Role, TokenEntry, token_digest};
+use ferry::core::checksum::Md5Stream;
 use ferry::core::error::Code;
 use ferry::core::exec::ExecRequest;
-use ferry::core::checksum::Md5Stream;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -124,7 +124,10 @@ async fn each_role_may_do_what_it_should_over_tcp() {
     let reader = Client::connect(&s.addr, READ).await.unwrap();
     assert_eq!(reader.list("").await.unwrap().len(), 1);
     assert_eq!(tcp_get(&reader, "a.txt").await.unwrap(), b"hello");
-    assert_eq!(code_of(tcp_put(&reader, "r.txt").await), Some(Code::Forbidden));
+    assert_eq!(
+        code_of(tcp_put(&reader, "r.txt").await),
+        Some(Code::Forbidden)
+    );
     assert_eq!(
         code_of(reader.exec_collect(argv(&["echo", "x"])).await),
         Some(Code::Forbidden)
@@ -147,7 +150,10 @@ async fn each_role_may_do_what_it_should_over_tcp() {
         cmd: Some("echo hi".into()),
         ..ExecRequest::default()
     };
-    assert_eq!(code_of(runner.exec_collect(line).await), Some(Code::Forbidden));
+    assert_eq!(
+        code_of(runner.exec_collect(line).await),
+        Some(Code::Forbidden)
+    );
     assert_eq!(
         code_of(runner.exec_collect(argv(&["/bin/rm", "w.txt"])).await),
         Some(Code::Forbidden)
@@ -161,12 +167,23 @@ async fn each_role_may_do_what_it_should_over_http_and_ws() {
     std::fs::write(s.path("a.txt"), "hello").unwrap();
     let get = |t| web(Some(t)).get(s.url("/files/a.txt")).send();
     assert_eq!(get(READ).await.unwrap().status(), StatusCode::OK);
-    let list = web(Some(READ)).get(s.url("/api/v1/files")).send().await.unwrap();
+    let list = web(Some(READ))
+        .get(s.url("/api/v1/files"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(list.status(), StatusCode::OK);
 
-    assert_eq!(put_http(&s, READ, "r.txt").await, (StatusCode::FORBIDDEN, "forbidden".into()));
+    assert_eq!(
+        put_http(&s, READ, "r.txt").await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
     assert_eq!(put_http(&s, WRITE, "w.txt").await.0, StatusCode::CREATED);
-    let del = web(Some(READ)).delete(s.url("/files/w.txt")).send().await.unwrap();
+    let del = web(Some(READ))
+        .delete(s.url("/files/w.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer(del).await.1, "forbidden");
     let upload = web(Some(READ))
         .post(s.url("/files/u.txt"))
@@ -180,7 +197,10 @@ async fn each_role_may_do_what_it_should_over_http_and_ws() {
     let echo = json!({"argv": ["echo", "hi"]});
     assert_eq!(exec_http(&s, WRITE, echo.clone()).await.1, "forbidden");
     assert_eq!(exec_http(&s, EXEC, echo).await.0, StatusCode::OK);
-    assert_eq!(exec_http(&s, EXEC, json!({"cmd": "echo hi"})).await.1, "forbidden");
+    assert_eq!(
+        exec_http(&s, EXEC, json!({"cmd": "echo hi"})).await.1,
+        "forbidden"
+    );
 
     // Only an admin reads the audit log and the recordings.
     for path in ["/api/v1/audit", "/api/v1/recordings"] {
@@ -212,7 +232,13 @@ async fn sessions_are_shown_to_their_token_and_to_admins() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|s| format!("{}:{}", s["user"].as_str().unwrap(), s["role"].as_str().unwrap()))
+                .map(|s| {
+                    format!(
+                        "{}:{}",
+                        s["user"].as_str().unwrap(),
+                        s["role"].as_str().unwrap()
+                    )
+                })
                 .collect();
             u.sort();
             u
@@ -225,13 +251,28 @@ async fn sessions_are_shown_to_their_token_and_to_admins() {
         ["admin:admin", "reader:read", "writer:write"]
     );
     // The audit knows who opened each session.
-    assert_eq!(s.count("sessions", "user = 'reader' AND role = 'read'").await, 1);
-    assert_eq!(s.count("sessions", "user = 'writer' AND role = 'write'").await, 1);
+    assert_eq!(
+        s.count("sessions", "user = 'reader' AND role = 'read'")
+            .await,
+        1
+    );
+    assert_eq!(
+        s.count("sessions", "user = 'writer' AND role = 'write'")
+            .await,
+        1
+    );
 
     // A transfer, and its check, are the writer's: the reader does not see them.
     assert_eq!(put_http(&s, WRITE, "w.txt").await.0, StatusCode::CREATED);
     for (c, n) in [(reader, 0), (writer, 1), (admin, 1)] {
-        let v: Value = c.get(s.url("/api/v1/transfers")).send().await.unwrap().json().await.unwrap();
+        let v: Value = c
+            .get(s.url("/api/v1/transfers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["transfers"].as_array().unwrap().len(), n);
     }
 }
@@ -261,7 +302,11 @@ async fn public_read_allows_downloads_only() {
             .send()
             .await
             .unwrap();
-        assert_eq!(answer(r).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()), "{method} {path}");
+        assert_eq!(
+            answer(r).await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".into()),
+            "{method} {path}"
+        );
     }
     // The UI is not for the anonymous reader: it goes to the login page.
     let page = reqwest::Client::builder()
@@ -274,21 +319,32 @@ async fn public_read_allows_downloads_only() {
         .unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER);
     // A wrong token is refused, not taken as anonymous.
-    let wrong = web(Some("nope")).get(s.url("/files/pub.txt")).send().await.unwrap();
+    let wrong = web(Some("nope"))
+        .get(s.url("/files/pub.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
 
     // Over TCP, a hello without a token may get files, nothing else.
     let c = Client::connect(&s.addr, "").await.unwrap();
     assert_eq!(tcp_get(&c, "pub.txt").await.unwrap(), b"public");
     assert_eq!(code_of(c.list("").await), Some(Code::Unauthorized));
-    assert_eq!(code_of(tcp_put(&c, "x.txt").await), Some(Code::Unauthorized));
+    assert_eq!(
+        code_of(tcp_put(&c, "x.txt").await),
+        Some(Code::Unauthorized)
+    );
     let anon_tcp = "user = 'anonymous' AND role = 'anonymous' AND transport = 'tcp'";
     assert_eq!(s.count("sessions", anon_tcp).await, 1);
 
     // Without public read, no token is no access.
     let closed = server(false).await;
     std::fs::write(closed.path("pub.txt"), "x").unwrap();
-    let r = web(None).get(closed.url("/files/pub.txt")).send().await.unwrap();
+    let r = web(None)
+        .get(closed.url("/files/pub.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         code_of(Client::connect(&closed.addr, "").await),
@@ -319,8 +375,15 @@ async fn ten_thousand_guesses_are_rate_limited_on_every_transport() {
 
     // The limit is per address and shared by every transport: from here, even the right
     // token is refused now, on HTTP, the browser login, TCP and the terminal.
-    let r = web(Some(TOKEN)).get(s.url("/api/v1/files")).send().await.unwrap();
-    assert_eq!(answer(r).await, (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into()));
+    let r = web(Some(TOKEN))
+        .get(s.url("/api/v1/files"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())
+    );
     let login = reqwest::Client::new()
         .post(s.url("/login"))
         .json(&json!({"token": TOKEN}))
@@ -328,7 +391,10 @@ async fn ten_thousand_guesses_are_rate_limited_on_every_transport() {
         .await
         .unwrap();
     assert_eq!(login.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(code_of(Client::connect(&s.addr, TOKEN).await), Some(Code::RateLimited));
+    assert_eq!(
+        code_of(Client::connect(&s.addr, TOKEN).await),
+        Some(Code::RateLimited)
+    );
     assert_eq!(ws_status(&s, Some(TOKEN)).await, 429);
 }
 
@@ -336,9 +402,19 @@ async fn ten_thousand_guesses_are_rate_limited_on_every_transport() {
 async fn tcp_guesses_count_too() {
     let s = server(false).await;
     for _ in 0..BURST {
-        assert_eq!(code_of(Client::connect(&s.addr, "guess").await), Some(Code::Unauthorized));
+        assert_eq!(
+            code_of(Client::connect(&s.addr, "guess").await),
+            Some(Code::Unauthorized)
+        );
     }
-    assert_eq!(code_of(Client::connect(&s.addr, "guess").await), Some(Code::RateLimited));
-    let r = web(Some(READ)).get(s.url("/api/v1/files")).send().await.unwrap();
+    assert_eq!(
+        code_of(Client::connect(&s.addr, "guess").await),
+        Some(Code::RateLimited)
+    );
+    let r = web(Some(READ))
+        .get(s.url("/api/v1/files"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }

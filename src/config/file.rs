@@ -104,7 +104,9 @@ impl ConfigFile {
             });
         }
         for (name, r) in &self.roles {
-            let role: Role = name.parse().map_err(|e| anyhow::anyhow!("[roles.{name}]: {e}"))?;
+            let role: Role = name
+                .parse()
+                .map_err(|e| anyhow::anyhow!("[roles.{name}]: {e}"))?;
             if let Some(p) = &r.programs {
                 anyhow::ensure!(
                     p.iter().all(|p| !p.is_empty()),
@@ -149,7 +151,9 @@ mod tests {
             format!("[tokens]\nbob = {{ role = \"root\", sha256 = \"{hash}\" }}"),
             "[tokens]\nbob = { role = \"read\", sha256 = \"zz\" }".to_string(),
             format!("[tokens]\n\"b b\" = {{ role = \"read\", sha256 = \"{hash}\" }}"),
-            format!("[tokens]\na = {{ role = \"read\", sha256 = \"{hash}\" }}\nb = {{ role = \"admin\", sha256 = \"{hash}\" }}"),
+            format!(
+                "[tokens]\na = {{ role = \"read\", sha256 = \"{hash}\" }}\nb = {{ role = \"admin\", sha256 = \"{hash}\" }}"
+            ),
             "[roles.anonymous]\nprograms = []".to_string(),
             "public_reads = true".to_string(),
         ] {

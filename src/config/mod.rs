@@ -4,7 +4,6 @@ pub mod file;
 
 use crate::core::CoreConfig;
 use crate::core::auth::{AccessConfig, Role, TokenEntry, load_or_create_token, token_digest};
-use file::ConfigFile;
 use crate::core::exec::ExecLimits;
 use crate::core::term::TermConfig;
 use crate::http::HttpConfig;
@@ -12,6 +11,7 @@ use crate::server::ServerConfig;
 use crate::tcp::TcpConfig;
 use crate::tls::ServerTls;
 use clap::Args;
+use file::ConfigFile;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The command executor: process groups, timeouts, output caps, streamed output.
 
-use crate::core::auth::Action;
 use crate::core::audit::{Actor, Audit, CommandEnd};
+use crate::core::auth::Action;
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
 use crate::core::output::{OutputCap, pump};

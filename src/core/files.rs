@@ -1,7 +1,7 @@
 //! The served root: confined file access, listings and the digest of every file.
 
-use crate::core::auth::Action;
 use crate::core::audit::{Actor, Audit, TransferRow, now_ms};
+use crate::core::auth::Action;
 use crate::core::digests::{DigestCache, FileKey};
 use crate::core::error::{Code, Error, Result};
 use crate::core::paths::RelPath;

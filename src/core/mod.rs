@@ -21,13 +21,13 @@ pub mod uploads;
 
 use crate::core::audit::{Actor, Audit};
 use crate::core::auth::{AccessConfig, Auth, Principal};
-use std::sync::Arc;
 use crate::core::exec::{ExecLimits, Executor};
 use crate::core::files::Files;
 use crate::core::registry::{Registry, SessionGuard, new_id};
 use crate::core::term::{TermConfig, Terminals};
 use crate::core::uploads::Uploads;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 

@@ -1,7 +1,7 @@
 //! Uploads: hashed on the way in, fsynced, renamed into place only when size and MD5 match.
 
-use crate::core::auth::Action;
 use crate::core::audit::{Actor, now_ms};
+use crate::core::auth::Action;
 use crate::core::checksum::{Md5Stream, is_md5_hex};
 use crate::core::digests::FileKey;
 use crate::core::error::{Code, Error, Result};

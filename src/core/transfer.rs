@@ -1,7 +1,7 @@
 //! Downloads: streamed from a disk thread with the stored MD5; shared transfer bookkeeping.
 
-use crate::core::auth::Action;
 use crate::core::audit::{Actor, TransferRow, now_ms};
+use crate::core::auth::Action;
 use crate::core::digests::FileKey;
 use crate::core::error::{Error, Result};
 use crate::core::files::{Files, blocking};

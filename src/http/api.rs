@@ -71,17 +71,23 @@ type Who = axum::Extension<Actor>;
 /// `GET /api/v1/sessions`: live sessions of every transport (an admin's view; others see their
 /// own token's).
 pub async fn sessions(State(core): State<Core>, axum::Extension(a): Who) -> ApiResult {
-    Ok(Json(json!({ "sessions": core.registry.sessions_for(&a.principal)? })))
+    Ok(Json(
+        json!({ "sessions": core.registry.sessions_for(&a.principal)? }),
+    ))
 }
 
 /// `GET /api/v1/transfers`: active transfers, then recent ones.
 pub async fn transfers(State(core): State<Core>, axum::Extension(a): Who) -> ApiResult {
-    Ok(Json(json!({ "transfers": core.registry.transfers_for(&a.principal)? })))
+    Ok(Json(
+        json!({ "transfers": core.registry.transfers_for(&a.principal)? }),
+    ))
 }
 
 /// `GET /api/v1/checks`: recent MD5 checks, newest first.
 pub async fn checks(State(core): State<Core>, axum::Extension(a): Who) -> ApiResult {
-    Ok(Json(json!({ "checks": core.registry.checks_for(&a.principal)? })))
+    Ok(Json(
+        json!({ "checks": core.registry.checks_for(&a.principal)? }),
+    ))
 }
 
 /// A JSON answer or an error.
@@ -158,8 +164,9 @@ pub async fn events(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = (core, rx, tick, Some(first), stop, who);
-    let stream =
-        futures_util::stream::unfold(state, |(core, mut rx, mut tick, first, stop, who)| async move {
+    let stream = futures_util::stream::unfold(
+        state,
+        |(core, mut rx, mut tick, first, stop, who)| async move {
             if let Some(ev) = first {
                 return Some((Ok(ev), (core, rx, tick, None, stop, who)));
             }
@@ -194,7 +201,8 @@ pub async fn events(
                     }
                 }
             }
-        });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

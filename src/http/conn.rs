@@ -64,9 +64,7 @@ impl ConnState {
                 ..actor.clone()
             };
         }
-        let (actor, guard) = core
-            .open_session("http", self.peer.to_string(), who)
-            .await;
+        let (actor, guard) = core.open_session("http", self.peer.to_string(), who).await;
         let counters = guard.counters.clone();
         // Bytes of the requests before this one belong to the session too.
         counters.add_in(self.pending_in.swap(0, Ordering::Relaxed));

@@ -26,10 +26,13 @@ const MAX_LOGINS: usize = 4096;
 /// Largest login request body.
 const MAX_LOGIN_BODY: usize = 8 * 1024;
 
+/// One login: its expiry and who logged in.
+type Login = (Instant, Arc<Principal>);
+
 /// The live browser logins: random cookie id to expiry and principal. Cheap to clone.
 #[derive(Clone)]
 pub struct Logins {
-    inner: Arc<Mutex<HashMap<String, (Instant, Arc<Principal>)>>>,
+    inner: Arc<Mutex<HashMap<String, Login>>>,
     ttl: Duration,
     /// Whether cookies say `Secure` (only when served over TLS).
     secure: bool,
@@ -172,8 +175,12 @@ pub async fn login(
         Ok(who) => who,
         Err(e) if json => return ApiError(e).into_response(),
         Err(e) if e.code == Code::RateLimited => {
-            return Redirect::to(if to_term { "/login?limited=1&next=term" } else { "/login?limited=1" })
-                .into_response();
+            return Redirect::to(if to_term {
+                "/login?limited=1&next=term"
+            } else {
+                "/login?limited=1"
+            })
+            .into_response();
         }
         Err(_) if to_term => return Redirect::to("/login?failed=1&next=term").into_response(),
         Err(_) => return Redirect::to("/login?failed=1").into_response(),

@@ -9,8 +9,8 @@ use crate::http::conn::ConnState;
 use crate::http::login::Logins;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use std::sync::Arc;
 use axum::response::{IntoResponse, Redirect, Response};
+use std::sync::Arc;
 
 /// One embedded file: its path under `/assets/`, content type and bytes.
 struct Asset {
@@ -80,8 +80,7 @@ fn page(html: &'static str) -> Response {
 /// Whether the request is authenticated by a login cookie or a bearer token (the anonymous
 /// reader of public read does not get the UI).
 fn authenticated(core: &Core, logins: &Logins, conn: &ConnState, headers: &HeaderMap) -> bool {
-    principal_of(core, logins, conn, &Method::GET, headers)
-        .is_ok_and(|p| p.role != Role::Anonymous)
+    principal_of(core, logins, conn, &Method::GET, headers).is_ok_and(|p| p.role != Role::Anonymous)
 }
 
 /// `GET /`: the UI, or a redirect to the login page.

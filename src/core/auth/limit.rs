@@ -100,9 +100,7 @@ impl FailureLimiter {
             let cut = levels[levels.len() / 2];
             map.retain(|_, b| self.level(b, now) < cut);
         }
-        let left = map
-            .get(&key(ip))
-            .map_or(self.burst, |b| self.level(b, now));
+        let left = map.get(&key(ip)).map_or(self.burst, |b| self.level(b, now));
         map.insert(
             key(ip),
             Bucket {

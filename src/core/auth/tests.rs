@@ -19,10 +19,19 @@ fn auth(public_read: bool) -> Auth {
 #[test]
 fn tokens_map_to_their_principals() {
     let a = auth(false);
-    assert_eq!(a.authenticate(PEER, Some("secret")).unwrap().role, Role::Admin);
+    assert_eq!(
+        a.authenticate(PEER, Some("secret")).unwrap().role,
+        Role::Admin
+    );
     let bob = a.authenticate(PEER, Some("bobs-token")).unwrap();
     assert_eq!((bob.name.as_str(), bob.role), ("bob", Role::Read));
-    for bad in [None, Some(""), Some("secre"), Some("secret2"), Some("SECRET")] {
+    for bad in [
+        None,
+        Some(""),
+        Some("secre"),
+        Some("secret2"),
+        Some("SECRET"),
+    ] {
         let e = a.authenticate(PEER, bad).unwrap_err();
         assert_eq!(e.code, Code::Unauthorized, "{bad:?}");
     }
@@ -35,7 +44,10 @@ fn anonymous_reader_only_when_public_read() {
     let anon = a.authenticate(PEER, None).unwrap();
     assert_eq!(anon.role, Role::Anonymous);
     assert!(anon.require(Action::Download).is_ok());
-    assert_eq!(anon.require(Action::Browse).unwrap_err().code, Code::Unauthorized);
+    assert_eq!(
+        anon.require(Action::Browse).unwrap_err().code,
+        Code::Unauthorized
+    );
     // A wrong token is still wrong: it does not fall back to anonymous.
     assert!(a.authenticate(PEER, Some("nope")).is_err());
 }
@@ -48,7 +60,10 @@ fn roles_are_ordered() {
         programs: None,
     };
     assert!(p(Role::Read).require(Action::Browse).is_ok());
-    assert_eq!(p(Role::Read).require(Action::Write).unwrap_err().code, Code::Forbidden);
+    assert_eq!(
+        p(Role::Read).require(Action::Write).unwrap_err().code,
+        Code::Forbidden
+    );
     assert!(p(Role::Write).require(Action::Write).is_ok());
     assert!(p(Role::Write).require(Action::Exec).is_err());
     assert!(p(Role::Exec).require(Action::Exec).is_ok());
@@ -71,7 +86,10 @@ fn program_allowlists() {
     cfg.programs.insert(Role::Exec, allow);
     let exec = Auth::new(&cfg).authenticate(PEER, Some("x")).unwrap();
     assert!(exec.require_program("/bin/ls").is_ok());
-    assert_eq!(exec.require_program("sh").unwrap_err().code, Code::Forbidden);
+    assert_eq!(
+        exec.require_program("sh").unwrap_err().code,
+        Code::Forbidden
+    );
     // Admin has no allowlist here.
     let admin = a.authenticate(PEER, Some("secret")).unwrap();
     assert!(admin.require_program("sh").is_ok());
@@ -82,10 +100,16 @@ fn failures_are_limited_per_address() {
     let a = auth(false);
     let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
     for _ in 0..limit::BURST {
-        assert_eq!(a.authenticate(PEER, Some("guess")).unwrap_err().code, Code::Unauthorized);
+        assert_eq!(
+            a.authenticate(PEER, Some("guess")).unwrap_err().code,
+            Code::Unauthorized
+        );
     }
     // Now even the right token is refused from that address, but not from another.
-    assert_eq!(a.authenticate(PEER, Some("secret")).unwrap_err().code, Code::RateLimited);
+    assert_eq!(
+        a.authenticate(PEER, Some("secret")).unwrap_err().code,
+        Code::RateLimited
+    );
     assert!(a.authenticate(other, Some("secret")).is_ok());
 }
 
@@ -104,7 +128,10 @@ fn buckets_refill_and_ipv6_counts_by_prefix() {
     assert!(l.check(IpAddr::V6(Ipv6Addr::LOCALHOST)).is_ok());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while l.check(a).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the bucket never refilled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bucket never refilled"
+        );
         std::thread::yield_now();
     }
 }

@@ -306,7 +306,13 @@ impl Terminals {
     /// `seq` (default: everything still held). A previous client is told it was taken over.
     pub fn attach(&self, who: &Principal, id: &str, seq: Option<u64>) -> Result<Attachment> {
         self.permit(who)?;
-        let owned = self.inner.sessions.lock().unwrap().get(id).map(|l| l.owner.clone());
+        let owned = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|l| l.owner.clone());
         match owned {
             Some(owner) if visible(who, &owner) => self.attach_live(id, seq),
             _ => Err(Error::new(Code::NotFound, "no such terminal session")),

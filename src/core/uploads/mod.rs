@@ -18,8 +18,8 @@ mod state;
 
 pub use append::Append;
 
-use crate::core::auth::Action;
 use crate::core::audit::{Actor, now_ms};
+use crate::core::auth::Action;
 use crate::core::checksum::Md5Stream;
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, blocking};
