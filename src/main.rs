@@ -65,7 +65,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "auth {} token(s) from {}{}",
             access.tokens.len(),
             path.display(),
-            if access.public_read { ", public read" } else { "" }
+            if access.public_read {
+                ", public read"
+            } else {
+                ""
+            }
         );
     } else if args.public_read {
         println!("auth public read: anyone may download files");

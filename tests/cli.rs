@@ -945,13 +945,19 @@ async fn token_new_lines_make_a_config_file_that_serve_enforces() {
     let (admin, admin_line) = token_new(base.path(), "admin", "ops").await;
     let (viewer, viewer_line) = token_new(base.path(), "read", "viewer").await;
     assert_eq!(admin.len(), 64, "{admin}");
-    assert!(admin_line.starts_with("ops = { role = \"admin\", sha256 = \""), "{admin_line}");
+    assert!(
+        admin_line.starts_with("ops = { role = \"admin\", sha256 = \""),
+        "{admin_line}"
+    );
     // The file holds hashes only.
     assert!(!admin_line.contains(&admin) && !viewer_line.contains(&viewer));
     let mut c = ferry_cmd(base.path());
     c.args(["token", "new", "--role", "root"]);
     let o = run(c, None).await;
-    assert!(o.code != 0 && o.stderr.contains("read, write, exec or admin"), "{o:?}");
+    assert!(
+        o.code != 0 && o.stderr.contains("read, write, exec or admin"),
+        "{o:?}"
+    );
 
     let cfg = base.path().join("ferry.toml");
     std::fs::write(&cfg, format!("[tokens]\n{admin_line}\n{viewer_line}\n")).unwrap();
@@ -969,15 +975,25 @@ async fn token_new_lines_make_a_config_file_that_serve_enforces() {
     assert_eq!(run(ls, None).await.code, 0);
     let (code, _, log) = srv.terminate().await;
     assert_eq!(code, 0, "{log}");
-    assert!(log.contains("user=viewer") && log.contains("role=read"), "{log}");
+    assert!(
+        log.contains("user=viewer") && log.contains("role=read"),
+        "{log}"
+    );
     // With a config file, no token is generated.
     assert!(!data.join("token").exists());
 
     // A token written in clear is refused at startup, with the file named.
-    std::fs::write(&cfg, "[tokens]\nx = { role = \"read\", token = \"secret\" }\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[tokens]\nx = { role = \"read\", token = \"secret\" }\n",
+    )
+    .unwrap();
     let mut cmd = serve_cmd(base.path(), &root, &data);
     cmd.arg("--config").arg(&cfg);
     let o = run(cmd, None).await;
     assert!(o.code != 0, "{o:?}");
-    assert!(o.stderr.contains("ferry.toml") && o.stderr.contains("token"), "{o:?}");
+    assert!(
+        o.stderr.contains("ferry.toml") && o.stderr.contains("token"),
+        "{o:?}"
+    );
 }

@@ -64,9 +64,10 @@ function render() {
   document.getElementById('session-count').textContent = sessions.size;
   const ss = [...sessions.values()].sort((a, b) => b.started_at - a.started_at);
   document.getElementById('sessions').replaceChildren(table(
-    ['Transport', 'Peer', 'In', 'Out', 'Since', 'Doing'],
+    ['Transport', 'User', 'Peer', 'In', 'Out', 'Since', 'Doing'],
     ss.map((s) => el('tr', { class: 'session', 'data-transport': s.transport },
       el('td', {}, el('span', { class: `badge t-${s.transport}` }, s.transport)),
+      el('td', { title: s.role || '' }, s.user || ''),
       el('td', { class: 'mono' }, s.peer),
       el('td', {}, fmtBytes(s.bytes_in)),
       el('td', {}, fmtBytes(s.bytes_out)),

@@ -40,6 +40,10 @@ export async function showRecordings() {
     return;
   }
   if (resp.status === 401) { location.href = '/login'; return; }
+  if (resp.status === 403) {
+    list.replaceChildren(el('div', { class: 'notice' }, 'Recordings are for admin tokens only.'));
+    return;
+  }
   const data = await resp.json();
   const items = Array.isArray(data) ? data : (data.recordings || []);
   if (items.length === 0) { list.replaceChildren(el('p', { class: 'muted' }, 'No recordings yet.')); return; }

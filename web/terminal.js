@@ -16,10 +16,11 @@ import { el } from './lib.js';
 const KEY_ID = 'ferry.term.session';
 const KEY_SEQ = 'ferry.term.seq';
 
-/** Whether this server has a terminal: false when /term/ws answers 404. */
+/** Whether this server has a terminal for this login: 404 means none, 403 a role without one. */
 export async function terminalAvailable() {
   try {
     const r = await fetch('/term/ws', { credentials: 'same-origin' });
+    if (r.status === 403) return 'forbidden';
     return r.status !== 404;
   } catch {
     return false;
@@ -28,7 +29,16 @@ export async function terminalAvailable() {
 
 /** A terminal in `container`, with status lines in `status`; returns {fit, term}. */
 export async function openTerminal(container, status) {
-  if (!(await terminalAvailable())) {
+  const available = await terminalAvailable();
+  if (available === 'forbidden') {
+    container.replaceChildren(el('div', { class: 'notice', id: 'term-unavailable' },
+      el('strong', {}, 'No terminal for this login. '),
+      'Opening a terminal needs a token with the exec role (and a shell its role may run).'));
+    container.classList.add('unavailable');
+    status.textContent = 'not allowed';
+    return null;
+  }
+  if (!available) {
     container.replaceChildren(el('div', { class: 'notice', id: 'term-unavailable' },
       el('strong', {}, 'No terminal on this server. '),
       'This ferry build does not offer /term/ws (the endpoint answered 404).'));

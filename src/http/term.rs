@@ -61,6 +61,9 @@ pub async fn ws(
             "the Origin of this request may not open a terminal (see --allow-origin)",
         ));
     }
+    let who = actor.principal;
+    // Refused before anything else is opened for it (a plain GET learns it too).
+    core.term.permit(&who)?;
     let Ok(upgrade) = upgrade else {
         let mut resp = ApiError::new(Code::BadRequest, "GET /term/ws needs a WebSocket upgrade")
             .into_response();
@@ -69,9 +72,6 @@ pub async fn ws(
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return Ok(resp);
     };
-    let who = actor.principal;
-    // Refused before a session is opened for it.
-    core.term.permit(&who)?;
     let attachment = match q.session {
         Some(id) => core.term.attach(&who, &id, q.seq)?,
         None => {
