@@ -116,6 +116,7 @@ impl ServeArgs {
                     timeout: Duration::from_secs(self.exec_timeout),
                     max_output: self.max_output,
                     max_concurrent: self.max_concurrent_execs,
+                    sandbox: Default::default(),
                 },
                 upload_expiry: Duration::from_secs(self.upload_expiry),
                 max_upload: self.max_body,

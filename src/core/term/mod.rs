@@ -15,9 +15,9 @@ pub use session::{Attachment, Exit, Input, InputSender, TermEvent};
 
 use crate::core::audit::{Actor, Audit};
 use crate::core::error::{Code, Error, Result};
-use crate::core::exec::ENV_ALLOWLIST;
 use crate::core::files::Files;
 use crate::core::registry::SessionGuard;
+use crate::core::sandbox::{Confinement, open_pty, spawn_lock};
 use record::Recorder;
 use session::{Session, State, read_loop, write_loop};
 use std::collections::HashMap;
@@ -127,6 +127,7 @@ struct Inner {
     files: Files,
     audit: Audit,
     recordings: PathBuf,
+    sandbox: Confinement,
     sessions: Mutex<HashMap<String, Live>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -139,12 +140,13 @@ pub struct Terminals {
 }
 
 impl Terminals {
-    /// No sessions yet; `shutdown` ends them all.
+    /// No sessions yet; shells are confined by `sandbox`; `shutdown` ends them all.
     pub fn new(
         cfg: TermConfig,
         files: Files,
         audit: Audit,
         data_dir: PathBuf,
+        sandbox: Confinement,
         shutdown: CancellationToken,
     ) -> Self {
         Terminals {
@@ -153,6 +155,7 @@ impl Terminals {
                 files,
                 audit,
                 recordings: data_dir.join(record::RECORDINGS),
+                sandbox,
                 sessions: Mutex::default(),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -204,23 +207,22 @@ impl Terminals {
         } else {
             format!("terminal {shell}")
         };
-        let (pty, pts) = pty_process::open().map_err(Error::internal)?;
+        let (pty, pts) = open_pty().map_err(Error::internal)?;
         pty.resize(pty_process::Size::new(size.rows, size.cols))
             .map_err(Error::internal)?;
-        let mut cmd = pty_process::Command::new(program)
-            .args(args)
-            .current_dir(&cwd)
-            .env_clear()
-            .kill_on_drop(true);
-        for k in ENV_ALLOWLIST.iter().filter(|k| **k != "TERM") {
-            if let Some(v) = std::env::var_os(k) {
-                cmd = cmd.env(k, v);
-            }
-        }
-        cmd = cmd.env("TERM", "xterm-256color");
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).current_dir(&cwd).kill_on_drop(true);
+        inner.sandbox.apply(&mut cmd);
+        cmd.env("TERM", "xterm-256color");
+        // pty-process adds its own setsid/controlling-terminal step after the sandbox's.
+        let cmd = pty_process::Command::from(cmd);
         inner.audit.command_started(&id, &actor, &line, "").await?;
         let started = Instant::now();
-        let child = match cmd.spawn(pts) {
+        let spawned = {
+            let _lock = spawn_lock();
+            cmd.spawn(pts)
+        };
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let err = Error::internal(format!("spawn {shell}: {e}"));

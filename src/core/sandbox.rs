@@ -1,0 +1,344 @@
+//! The command sandbox: what a command (TCP or HTTP exec) or a terminal shell may see and use.
+//!
+//! - The environment is cleared to an allowlist of the server's variables (plus, for exec, the
+//!   request's own variables).
+//! - Resource limits (processes, file size, CPU time, open files) are set in the child between
+//!   fork and exec, so nothing the command starts can outrun them. Soft and hard limits are both
+//!   set, so the command cannot raise them back.
+//! - A server running as root can run commands as another user (with its primary group and no
+//!   supplementary groups).
+//! - No descriptor of the server reaches a command: everything ferry opens is close-on-exec. The
+//!   one exception, a pty master that `pty-process` marks close-on-exec only just after opening
+//!   it, is opened under a lock that no spawn can run through ([`open_pty`], [`spawn_lock`]).
+
+use crate::core::exec::ExecRequest;
+use rustix::process::{Resource, Rlimit};
+use std::ffi::OsString;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+/// How commands are confined.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sandbox {
+    /// Server environment variables passed through to commands; all others are cleared.
+    pub env: Vec<String>,
+    /// RLIMIT_NPROC for commands.
+    pub max_processes: Option<u64>,
+    /// RLIMIT_FSIZE, bytes.
+    pub max_file_size: Option<u64>,
+    /// RLIMIT_CPU, seconds.
+    pub max_cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub max_open_files: Option<u64>,
+    /// Run commands as this user (name or numeric uid) with its primary group; only when ferry runs as root.
+    pub user: Option<String>,
+}
+
+/// The server variables commands see by default.
+pub const DEFAULT_ENV: &[&str] = &["PATH", "HOME", "LANG", "TERM"];
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            env: DEFAULT_ENV.iter().map(|s| s.to_string()).collect(),
+            // Counted per user across the machine, threads included (ferry's own too when it runs
+            // commands as itself): room for parallel builds, yet a fork bomb stops early.
+            max_processes: Some(1024),
+            // Unlimited: moving and producing big files is ferry's job; the disk is the real bound
+            // (this limit is per file, so it would not bound disk use anyway).
+            max_file_size: None,
+            // Unlimited: exec already has a wall-clock timeout, and a terminal may build for hours.
+            max_cpu_seconds: None,
+            // The usual soft limit: what programs expect, and it bounds each process's kernel memory.
+            max_open_files: Some(1024),
+            user: None,
+        }
+    }
+}
+
+/// Number of resource limits a sandbox may set.
+const LIMITS: usize = 4;
+
+/// A [`Sandbox`] checked and resolved at startup, ready to apply to each command; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    env: Arc<[(OsString, OsString)]>,
+    limits: [Option<(Resource, u64)>; LIMITS],
+    ids: Option<(u32, u32)>,
+}
+
+impl Sandbox {
+    /// Checks the settings, resolves the user and reads the allowed variables, once at startup.
+    pub fn prepare(&self) -> anyhow::Result<Confinement> {
+        for name in &self.env {
+            anyhow::ensure!(
+                !name.is_empty() && !name.contains(['=', '\0']),
+                "exec env: {name:?} is not a variable name"
+            );
+        }
+        let env: Vec<_> = self
+            .env
+            .iter()
+            .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
+            .collect();
+        let wanted = [
+            (Resource::Nproc, self.max_processes, "max_processes"),
+            (Resource::Fsize, self.max_file_size, "max_file_size"),
+            (Resource::Cpu, self.max_cpu_seconds, "max_cpu_seconds"),
+            (Resource::Nofile, self.max_open_files, "max_open_files"),
+        ];
+        let mut limits = [None; LIMITS];
+        for (slot, (res, value, name)) in limits.iter_mut().zip(wanted) {
+            let Some(v) = value else { continue };
+            anyhow::ensure!(v > 0, "exec {name} must be positive");
+            // Only root may raise a hard limit: keep within the server's own.
+            let hard = rustix::process::getrlimit(res).maximum;
+            let v = match hard {
+                Some(h) if h < v => {
+                    tracing::warn!(
+                        "exec {name} = {v} is over the server's own hard limit; using {h}"
+                    );
+                    h
+                }
+                _ => v,
+            };
+            *slot = Some((res, v));
+        }
+        let ids = match &self.user {
+            None => None,
+            Some(spec) => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                let (uid, gid) = resolve_user(spec, &passwd).map_err(anyhow::Error::msg)?;
+                let me = (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                );
+                if me == (uid, gid) {
+                    None
+                } else {
+                    anyhow::ensure!(
+                        me.0 == 0,
+                        "exec user {spec:?}: ferry must run as root to run commands as another user"
+                    );
+                    Some((uid, gid))
+                }
+            }
+        };
+        Ok(Confinement {
+            env: env.into(),
+            limits,
+            ids,
+        })
+    }
+}
+
+impl Confinement {
+    /// The server variables passed through, with their values at startup.
+    pub fn env(&self) -> impl Iterator<Item = &(OsString, OsString)> {
+        self.env.iter()
+    }
+
+    /// The uid and gid commands run as, when not the server's own.
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        self.ids
+    }
+
+    /// Confines a command about to be spawned: clears its environment to the allowlist, switches
+    /// its user and sets its resource limits between fork and exec. Spawn it under [`spawn_lock`].
+    // `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded
+    // process, where only async-signal-safe calls are sound. It makes only `setrlimit` system
+    // calls (rustix, no libc wrapper state), on values computed before the fork: no allocation,
+    // no lock. std runs it after switching user and before exec, and lowering limits needs no
+    // privilege.
+    #[allow(unsafe_code)]
+    pub fn apply(&self, cmd: &mut tokio::process::Command) {
+        cmd.env_clear();
+        for (k, v) in self.env.iter() {
+            cmd.env(k, v);
+        }
+        if let Some((uid, gid)) = self.ids {
+            // std drops the supplementary groups (setgroups([])) when root switches user.
+            cmd.uid(uid).gid(gid);
+        }
+        let limits = self.limits;
+        if limits.iter().any(Option::is_some) {
+            // SAFETY: see above; the closure only calls setrlimit(2) on copied plain values.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &(res, v) in limits.iter().flatten() {
+                        let lim = Rlimit {
+                            current: Some(v),
+                            maximum: Some(v),
+                        };
+                        rustix::process::setrlimit(res, lim)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+}
+
+/// Forks (spawns) hold this shared; opening a pty holds it exclusive.
+static SPAWNS: RwLock<()> = RwLock::new(());
+
+/// Held while spawning a command, so no fork copies a pty master before it is close-on-exec.
+pub fn spawn_lock() -> RwLockReadGuard<'static, ()> {
+    SPAWNS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens a pty pair while no command is being spawned (see [`spawn_lock`]).
+pub fn open_pty() -> pty_process::Result<(pty_process::Pty, pty_process::Pts)> {
+    let _g = SPAWNS.write().unwrap_or_else(|e| e.into_inner());
+    pty_process::open()
+}
+
+/// The uid and primary gid of `spec` (a user name, else a numeric uid) in `passwd` text.
+fn resolve_user(spec: &str, passwd: &str) -> Result<(u32, u32), String> {
+    let entries = passwd.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        match f.as_slice() {
+            [name, _, uid, gid, ..] => Some((*name, uid.parse::<u32>().ok()?, gid.parse().ok()?)),
+            _ => None,
+        }
+    });
+    let by_uid = spec.parse::<u32>().ok();
+    let mut found = None;
+    for (name, uid, gid) in entries {
+        if name == spec {
+            return Ok((uid, gid));
+        }
+        if found.is_none() && by_uid == Some(uid) {
+            found = Some((uid, gid));
+        }
+    }
+    found.ok_or_else(|| format!("exec user {spec:?}: no such user in /etc/passwd"))
+}
+
+/// The program a request runs, as [`program_allowed`] sees it: `sh` for a `cmd` shell line,
+/// else `argv[0]`.
+pub fn request_program(req: &ExecRequest) -> Option<&str> {
+    match (&req.cmd, &req.argv) {
+        (Some(_), _) => Some("sh"),
+        (None, Some(a)) => a.first().map(String::as_str),
+        (None, None) => None,
+    }
+}
+
+/// Whether `argv0` is allowed by `allow`: an entry allows the exact string, and an entry
+/// without `/` also allows any path whose last component it is (`ls` allows `/bin/ls`, and
+/// also `./ls` in the root: list full paths where that matters). A `cmd` shell line counts as
+/// program `sh` (see [`request_program`]).
+pub fn program_allowed(allow: &[String], argv0: &str) -> bool {
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
+    allow.iter().any(|a| {
+        !a.is_empty() && (a == argv0 || (!a.contains('/') && !base.is_empty() && a == base))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+        # a comment\n\
+        nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+        1000:x:1001:1002::/home/odd:/bin/sh\n\
+        broken line\n";
+
+    #[test]
+    fn users_resolve_by_name_then_uid() {
+        assert_eq!(resolve_user("nobody", PASSWD), Ok((65534, 65534)));
+        assert_eq!(resolve_user("0", PASSWD), Ok((0, 0)));
+        assert_eq!(resolve_user("65534", PASSWD), Ok((65534, 65534)));
+        // A name wins over a uid that happens to be spelled the same.
+        assert_eq!(resolve_user("1000", PASSWD), Ok((1001, 1002)));
+        let err = resolve_user("ghost", PASSWD).unwrap_err();
+        assert!(
+            err.contains("\"ghost\"") && err.contains("no such user"),
+            "{err}"
+        );
+        assert!(resolve_user("4242", PASSWD).is_err());
+        assert!(resolve_user("", PASSWD).is_err());
+    }
+
+    #[test]
+    fn programs_match_exactly_or_by_basename() {
+        let allow: Vec<String> = ["ls", "/usr/bin/git", "sh"].map(String::from).to_vec();
+        for ok in ["ls", "/bin/ls", "./ls", "/usr/bin/git", "sh"] {
+            assert!(program_allowed(&allow, ok), "{ok}");
+        }
+        for no in [
+            "git",
+            "/bin/git",
+            "lsx",
+            "/bin/ls/",
+            "",
+            "bash",
+            "/usr/bin/git2",
+        ] {
+            assert!(!program_allowed(&allow, no), "{no}");
+        }
+        assert!(!program_allowed(&[], "ls"));
+        assert!(!program_allowed(&[String::new()], ""));
+        let cmd = ExecRequest {
+            cmd: Some("ls | wc".into()),
+            ..Default::default()
+        };
+        assert_eq!(request_program(&cmd), Some("sh"));
+        let argv = ExecRequest {
+            argv: Some(vec!["/bin/ls".into(), "-l".into()]),
+            ..Default::default()
+        };
+        assert_eq!(request_program(&argv), Some("/bin/ls"));
+        assert_eq!(request_program(&ExecRequest::default()), None);
+    }
+
+    #[test]
+    fn settings_are_checked_and_clamped() {
+        let bad = Sandbox {
+            env: vec!["A=B".into()],
+            ..Sandbox::default()
+        };
+        assert!(bad.prepare().is_err());
+        let zero = Sandbox {
+            max_cpu_seconds: Some(0),
+            ..Sandbox::default()
+        };
+        assert!(zero.prepare().is_err());
+        let ghost = Sandbox {
+            user: Some("no-such-user-ferry".into()),
+            ..Sandbox::default()
+        };
+        let err = ghost.prepare().unwrap_err().to_string();
+        assert!(err.contains("no-such-user-ferry"), "{err}");
+        // Within the server's own hard limit, whatever was asked.
+        let huge = Sandbox {
+            max_open_files: Some(u64::MAX - 1),
+            ..Sandbox::default()
+        };
+        let c = huge.prepare().unwrap();
+        let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+        assert_eq!(
+            c.limits[3],
+            Some((Resource::Nofile, hard.unwrap_or(u64::MAX - 1)))
+        );
+        let none = Sandbox {
+            env: vec![],
+            max_processes: None,
+            max_open_files: None,
+            ..Sandbox::default()
+        };
+        let c = none.prepare().unwrap();
+        assert!(c.limits.iter().all(Option::is_none) && c.env().next().is_none());
+    }
+
+    #[test]
+    fn toml_shape_defaults_missing_fields() {
+        let s: Sandbox = serde_json::from_str(r#"{"max_processes": 64}"#).unwrap();
+        assert_eq!(s.max_processes, Some(64));
+        assert_eq!(s.env, DEFAULT_ENV);
+        assert_eq!(s.max_open_files, Some(1024));
+        assert!(serde_json::from_str::<Sandbox>(r#"{"max_procs": 64}"#).is_err());
+    }
+}
