@@ -5,7 +5,7 @@ use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
 use crate::core::output::{OutputCap, pump};
 use crate::core::registry::new_id;
-use crate::core::sandbox::{Confinement, Sandbox, spawn_lock};
+use crate::core::sandbox::{self, Confinement, Sandbox};
 use bytes::Bytes;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
@@ -228,22 +228,9 @@ impl Executor {
         self.sandbox.apply(&mut cmd);
         cmd.envs(&req.env);
         let started = Instant::now();
-        let spawned = {
-            let _lock = spawn_lock();
-            cmd.spawn()
-        };
-        let mut child = match spawned {
+        let mut child = match sandbox::spawn(&mut cmd, &program) {
             Ok(c) => c,
-            Err(e) => {
-                let err = if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::new(Code::NotFound, format!("{program}: command not found"))
-                } else if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    let msg =
-                        format!("{program}: permission denied (to run it, or to enter its cwd)");
-                    Error::new(Code::ForbiddenPath, msg)
-                } else {
-                    Error::internal(format!("spawn {program}: {e}"))
-                };
+            Err(err) => {
                 self.end(&id, actor, &line, None, started, 0, false, Some(&err))
                     .await;
                 return Err(err);

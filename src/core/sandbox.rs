@@ -89,8 +89,10 @@ impl Sandbox {
         ];
         let mut limits = [None; LIMITS];
         for (slot, (res, value, name)) in limits.iter_mut().zip(wanted) {
-            let Some(v) = value else { continue };
-            anyhow::ensure!(v > 0, "exec {name} must be positive");
+            // 0 keeps the server's own limit (TOML has no null to unset a default with).
+            let Some(v) = value.filter(|v| *v > 0) else {
+                continue;
+            };
             // Only root may raise a hard limit: keep within the server's own.
             let hard = rustix::process::getrlimit(res).maximum;
             let v = match hard {
@@ -177,6 +179,29 @@ impl Confinement {
             }
         }
     }
+}
+
+/// Spawns a confined command under [`spawn_lock`], with a clear error for a missing or
+/// forbidden program (or working directory).
+pub fn spawn(
+    cmd: &mut tokio::process::Command,
+    program: &str,
+) -> crate::core::error::Result<tokio::process::Child> {
+    use crate::core::error::{Code, Error};
+    let spawned = {
+        let _lock = spawn_lock();
+        cmd.spawn()
+    };
+    spawned.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::new(Code::NotFound, format!("{program}: command not found"))
+        }
+        std::io::ErrorKind::PermissionDenied => Error::new(
+            Code::ForbiddenPath,
+            format!("{program}: permission denied (to run it, or to enter its cwd)"),
+        ),
+        _ => Error::internal(format!("spawn {program}: {e}")),
+    })
 }
 
 /// Forks (spawns) hold this shared; opening a pty holds it exclusive.
@@ -301,11 +326,12 @@ mod tests {
             ..Sandbox::default()
         };
         assert!(bad.prepare().is_err());
+        // 0 sets nothing: the server's own limit stays.
         let zero = Sandbox {
-            max_cpu_seconds: Some(0),
+            max_processes: Some(0),
             ..Sandbox::default()
         };
-        assert!(zero.prepare().is_err());
+        assert_eq!(zero.prepare().unwrap().limits[0], None);
         let ghost = Sandbox {
             user: Some("no-such-user-ferry".into()),
             ..Sandbox::default()
