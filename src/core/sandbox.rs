@@ -76,7 +76,7 @@ impl Sandbox {
                 "exec env: {name:?} is not a variable name"
             );
         }
-        let env: Vec<_> = self
+        let mut env: Vec<_> = self
             .env
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
@@ -110,7 +110,7 @@ impl Sandbox {
             None => None,
             Some(spec) => {
                 let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-                let (uid, gid) = resolve_user(spec, &passwd).map_err(anyhow::Error::msg)?;
+                let (uid, gid, home) = resolve_user(spec, &passwd).map_err(anyhow::Error::msg)?;
                 let me = (
                     rustix::process::geteuid().as_raw(),
                     rustix::process::getegid().as_raw(),
@@ -122,6 +122,10 @@ impl Sandbox {
                         me.0 == 0,
                         "exec user {spec:?}: ferry must run as root to run commands as another user"
                     );
+                    // The user's own home, not the server's.
+                    for (_, v) in env.iter_mut().filter(|(k, _)| k == "HOME") {
+                        *v = OsString::from(&home);
+                    }
                     Some((uid, gid))
                 }
             }
@@ -218,23 +222,28 @@ pub fn open_pty() -> pty_process::Result<(pty_process::Pty, pty_process::Pts)> {
     pty_process::open()
 }
 
-/// The uid and primary gid of `spec` (a user name, else a numeric uid) in `passwd` text.
-fn resolve_user(spec: &str, passwd: &str) -> Result<(u32, u32), String> {
+/// The uid, primary gid and home of `spec` (a user name, else a numeric uid) in `passwd` text.
+fn resolve_user(spec: &str, passwd: &str) -> Result<(u32, u32, String), String> {
     let entries = passwd.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         match f.as_slice() {
-            [name, _, uid, gid, ..] => Some((*name, uid.parse::<u32>().ok()?, gid.parse().ok()?)),
+            [name, _, uid, gid, _, home, ..] => Some((
+                *name,
+                uid.parse::<u32>().ok()?,
+                gid.parse().ok()?,
+                home.to_string(),
+            )),
             _ => None,
         }
     });
     let by_uid = spec.parse::<u32>().ok();
     let mut found = None;
-    for (name, uid, gid) in entries {
+    for (name, uid, gid, home) in entries {
         if name == spec {
-            return Ok((uid, gid));
+            return Ok((uid, gid, home));
         }
         if found.is_none() && by_uid == Some(uid) {
-            found = Some((uid, gid));
+            found = Some((uid, gid, home));
         }
     }
     found.ok_or_else(|| format!("exec user {spec:?}: no such user in /etc/passwd"))
@@ -273,11 +282,15 @@ mod tests {
 
     #[test]
     fn users_resolve_by_name_then_uid() {
-        assert_eq!(resolve_user("nobody", PASSWD), Ok((65534, 65534)));
-        assert_eq!(resolve_user("0", PASSWD), Ok((0, 0)));
-        assert_eq!(resolve_user("65534", PASSWD), Ok((65534, 65534)));
+        let nobody = Ok((65534, 65534, "/nonexistent".to_string()));
+        assert_eq!(resolve_user("nobody", PASSWD), nobody);
+        assert_eq!(resolve_user("0", PASSWD), Ok((0, 0, "/root".into())));
+        assert_eq!(resolve_user("65534", PASSWD), nobody);
         // A name wins over a uid that happens to be spelled the same.
-        assert_eq!(resolve_user("1000", PASSWD), Ok((1001, 1002)));
+        assert_eq!(
+            resolve_user("1000", PASSWD),
+            Ok((1001, 1002, "/home/odd".into()))
+        );
         let err = resolve_user("ghost", PASSWD).unwrap_err();
         assert!(
             err.contains("\"ghost\"") && err.contains("no such user"),

@@ -178,10 +178,24 @@ async fn commands_run_as_the_configured_user() {
     std::fs::set_permissions(&s.root, std::fs::Permissions::from_mode(0o777)).unwrap();
     let uid = nobody_uid();
     // Its primary group only: root's supplementary groups are dropped.
-    let out = tcp_stdout(&s, argv(&["sh", "-c", "id -u; id -G; touch made"])).await;
+    let out = tcp_stdout(
+        &s,
+        argv(&["sh", "-c", "id -u; id -G; touch made; echo \"$HOME\""]),
+    )
+    .await;
     let gid = out.lines().nth(1).unwrap_or_default();
     assert_eq!(out.lines().next(), Some(uid.as_str()), "{out}");
     assert!(!gid.contains(' ') && gid != "0", "{out}");
+    // HOME is nobody's own (when HOME passes at all).
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let home = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("nobody:"))
+        .unwrap();
+    let home = home.split(':').nth(4).unwrap();
+    if std::env::var_os("HOME").is_some() {
+        assert_eq!(out.lines().nth(2), Some(home), "{out}");
+    }
     assert_eq!(
         std::fs::metadata(s.path("made")).unwrap().uid().to_string(),
         uid
