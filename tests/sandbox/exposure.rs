@@ -90,14 +90,16 @@ async fn terminal_shells_are_confined_too() {
     // Quotes keep the typed (echoed) line from matching the markers.
     let out = terminal(
         &s,
-        "echo BE''GIN; cat /proc/$$/limits; echo \"U=$(id -u)\"; \
+        "echo BE''GIN; cat /proc/$$/limits; echo \"U=$(id -u) T=$(stat -c %u $(tty))\"; \
          env | cut -d= -f1 | sort | tr '\\n' ' '; echo EN''D",
         "END",
     )
     .await;
     let out = out.rsplit("BEGIN").next().unwrap();
     if root {
-        assert!(out.contains(&format!("U={}\r\n", nobody_uid())), "{out}");
+        // The shell's user, and owner of its terminal.
+        let uid = nobody_uid();
+        assert!(out.contains(&format!("U={uid} T={uid}\r\n")), "{out}");
     }
     assert_eq!(
         limit(out, "Max open files"),

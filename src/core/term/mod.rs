@@ -208,6 +208,7 @@ impl Terminals {
             format!("terminal {shell}")
         };
         let (pty, pts) = open_pty().map_err(Error::internal)?;
+        inner.sandbox.own_tty(&pts).map_err(Error::internal)?;
         pty.resize(pty_process::Size::new(size.rows, size.cols))
             .map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(program);
