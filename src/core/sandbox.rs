@@ -10,6 +10,8 @@
 //! - No descriptor of the server reaches a command: everything ferry opens is close-on-exec. The
 //!   one exception, a pty master that `pty-process` marks close-on-exec only just after opening
 //!   it, is opened under a lock that no spawn can run through ([`open_pty`], [`spawn_lock`]).
+//!   (What ferry's own launcher left open without close-on-exec is inherited like anything else:
+//!   start ferry with only 0, 1 and 2 open, as systemd and Docker do.)
 
 use crate::core::exec::ExecRequest;
 use rustix::process::{Resource, Rlimit};
@@ -164,8 +166,8 @@ impl Confinement {
     // `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded
     // process, where only async-signal-safe calls are sound. It makes only `setrlimit` system
     // calls (rustix, no libc wrapper state), on values computed before the fork: no allocation,
-    // no lock. std runs it after switching user and before exec, and lowering limits needs no
-    // privilege.
+    // no lock. std runs it after its own setup (user, directory, process group), just before
+    // exec; lowering limits needs no privilege either way.
     #[allow(unsafe_code)]
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
         cmd.env_clear();
