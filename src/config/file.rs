@@ -2,6 +2,7 @@
 //! roles, per-role program allowlists and public read. See `docs/ferry.example.toml`.
 
 use crate::core::auth::{AccessConfig, Role, TokenEntry};
+use crate::core::sandbox::Sandbox;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +20,9 @@ pub struct ConfigFile {
     /// Settings per role.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleLine>,
+    /// The command sandbox (`[exec]`); absent means its defaults.
+    #[serde(default)]
+    pub exec: Option<Sandbox>,
 }
 
 /// One token: `alice = { role = "write", sha256 = "…" }`.
@@ -129,6 +133,17 @@ mod tests {
         let text = include_str!("../../docs/ferry.example.toml");
         let cfg = ConfigFile::parse(text).unwrap().access().unwrap();
         assert!(!cfg.tokens.is_empty());
+    }
+
+    #[test]
+    fn the_exec_table_is_the_sandbox() {
+        let f = ConfigFile::parse("[exec]\nmax_processes = 64\nuser = \"nobody\"\n").unwrap();
+        let s = f.exec.unwrap();
+        assert_eq!(
+            (s.max_processes, s.user.as_deref()),
+            (Some(64), Some("nobody"))
+        );
+        assert!(ConfigFile::parse("[exec]\nmax_procs = 1\n").is_err());
     }
 
     #[test]

@@ -129,14 +129,17 @@ impl ServeArgs {
     /// Who may connect: the config file's tokens (plus `--token`, as an admin), or else one
     /// admin token (`--token`, or the one kept in the data dir, generated at first start).
     /// The second value is a token to print, when one was just generated.
-    pub fn access(&self) -> anyhow::Result<(AccessConfig, Option<String>)> {
-        let Some(path) = &self.config else {
+    pub fn access(
+        &self,
+        file: Option<&ConfigFile>,
+    ) -> anyhow::Result<(AccessConfig, Option<String>)> {
+        let (Some(path), Some(file)) = (&self.config, file) else {
             let (token, generated) = load_or_create_token(self.token.as_deref(), &self.data_dir)?;
             let mut access = AccessConfig::single_admin(&token);
             access.public_read = self.public_read;
             return Ok((access, generated.then_some(token)));
         };
-        let mut access = ConfigFile::load(path)?.access()?;
+        let mut access = file.access()?;
         access.public_read |= self.public_read;
         if let Some(t) = &self.token {
             anyhow::ensure!(!t.trim().is_empty(), "--token must not be empty");
@@ -157,7 +160,11 @@ impl ServeArgs {
     /// The server configuration for these flags; also a token to print, when one was just
     /// generated.
     pub fn to_config(&self) -> anyhow::Result<(ServerConfig, Option<String>)> {
-        let (access, generated) = self.access()?;
+        let file = match &self.config {
+            Some(path) => Some(ConfigFile::load(path)?),
+            None => None,
+        };
+        let (access, generated) = self.access(file.as_ref())?;
         anyhow::ensure!(
             (64 * 1024..=8 * 1024 * 1024).contains(&self.max_frame),
             "--max-frame must be between 64K and 8M"
@@ -181,6 +188,7 @@ impl ServeArgs {
                     timeout: Duration::from_secs(self.exec_timeout),
                     max_output: self.max_output,
                     max_concurrent: self.max_concurrent_execs,
+                    sandbox: file.and_then(|f| f.exec).unwrap_or_default(),
                 },
                 upload_expiry: Duration::from_secs(self.upload_expiry),
                 max_upload: self.max_body,

@@ -6,6 +6,7 @@ use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
 use crate::core::output::{OutputCap, pump};
 use crate::core::registry::new_id;
+use crate::core::sandbox::{self, Confinement, Sandbox};
 use bytes::Bytes;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
@@ -18,9 +19,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
-
-/// Variables passed from the server's environment to every command; all others are cleared.
-pub const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TERM"];
 
 /// How long output may still drain after the command's group is gone.
 const DRAIN: Duration = Duration::from_millis(200);
@@ -138,6 +136,8 @@ pub struct ExecLimits {
     pub max_output: u64,
     /// Most commands running at once.
     pub max_concurrent: usize,
+    /// How commands are confined (environment, resource limits, user).
+    pub sandbox: Sandbox,
 }
 
 /// Runs commands for every transport.
@@ -146,16 +146,19 @@ pub struct Executor {
     files: Files,
     audit: Audit,
     limits: ExecLimits,
+    sandbox: Confinement,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
 impl Executor {
-    /// An executor under `limits`; `shutdown` cancels every running command.
+    /// An executor under `limits`, confined by `sandbox` (prepared from `limits.sandbox`);
+    /// `shutdown` cancels every running command.
     pub fn new(
         files: Files,
         audit: Audit,
         limits: ExecLimits,
+        sandbox: Confinement,
         shutdown: CancellationToken,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
@@ -163,6 +166,7 @@ impl Executor {
             files,
             audit,
             limits,
+            sandbox,
             slots,
             shutdown,
         }
@@ -173,7 +177,7 @@ impl Executor {
         &self.limits
     }
 
-    /// Starts a command: audited before it runs, in its own process group, with a cleared environment.
+    /// Starts a command: audited before it runs, in its own process group, sandboxed.
     pub async fn start(&self, actor: &Actor, req: ExecRequest) -> Result<ExecHandle> {
         actor.require(Action::Exec)?;
         let (program, args) = match (&req.cmd, &req.argv) {
@@ -215,7 +219,6 @@ impl Executor {
         let mut cmd = Command::new(&program);
         cmd.args(&args)
             .current_dir(&cwd)
-            .env_clear()
             .process_group(0)
             .stdin(if req.stdin {
                 Stdio::piped()
@@ -225,21 +228,12 @@ impl Executor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for k in ENV_ALLOWLIST {
-            if let Some(v) = std::env::var_os(k) {
-                cmd.env(k, v);
-            }
-        }
+        self.sandbox.apply(&mut cmd);
         cmd.envs(&req.env);
         let started = Instant::now();
-        let mut child = match cmd.spawn() {
+        let mut child = match sandbox::spawn(&mut cmd, &program) {
             Ok(c) => c,
-            Err(e) => {
-                let err = if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::new(Code::NotFound, format!("{program}: command not found"))
-                } else {
-                    Error::internal(format!("spawn {program}: {e}"))
-                };
+            Err(err) => {
                 self.end(&id, actor, &line, None, started, 0, false, Some(&err))
                     .await;
                 return Err(err);

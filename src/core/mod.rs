@@ -15,6 +15,7 @@ mod output;
 pub mod paths;
 pub mod put;
 pub mod registry;
+pub mod sandbox;
 pub mod term;
 pub mod transfer;
 pub mod uploads;
@@ -75,6 +76,7 @@ impl Core {
         cfg: &CoreConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Core, tokio::task::JoinHandle<()>)> {
+        let sandbox = cfg.exec.sandbox.prepare()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
         let (audit, writer) = Audit::open(&cfg.data_dir).await?;
         let digests = digests::DigestCache::load(audit.clone()).await?;
@@ -91,9 +93,11 @@ impl Core {
             files.clone(),
             audit.clone(),
             cfg.data_dir.clone(),
+            sandbox.clone(),
             shutdown.clone(),
         );
-        let exec = Executor::new(files.clone(), audit.clone(), cfg.exec.clone(), shutdown);
+        let limits = cfg.exec.clone();
+        let exec = Executor::new(files.clone(), audit.clone(), limits, sandbox, shutdown);
         let core = Core {
             files,
             exec,

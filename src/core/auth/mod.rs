@@ -173,16 +173,13 @@ impl Principal {
     }
 }
 
-/// Whether `argv0` is on the allowlist: an entry matches the exact string, and an entry with
-/// no `/` also matches any path ending in `/<entry>` (so `ls` allows `/bin/ls`, while `/bin/ls`
-/// allows only itself).
+/// Whether `argv0` is on the allowlist: an entry allows the exact string, and an entry
+/// without `/` also allows any path whose last component it is (`ls` allows `/bin/ls`, and
+/// also `./ls` in the root: list full paths where that matters). A shell line runs `sh`.
 pub fn program_allowed(allow: &[String], argv0: &str) -> bool {
+    let base = argv0.rsplit('/').next().unwrap_or(argv0);
     allow.iter().any(|a| {
-        a == argv0
-            || (!a.contains('/')
-                && argv0
-                    .rsplit_once('/')
-                    .is_some_and(|(_, base)| base == a.as_str()))
+        !a.is_empty() && (a == argv0 || (!a.contains('/') && !base.is_empty() && a == base))
     })
 }
 

@@ -80,6 +80,12 @@ fn program_allowlists() {
     assert!(!program_allowed(&allow, "git"));
     assert!(!program_allowed(&allow, "lsblk"));
     assert!(!program_allowed(&allow, "sh"));
+    for no in ["/bin/git", "lsx", "/bin/ls/", "", "/usr/bin/git2"] {
+        assert!(!program_allowed(&allow, no), "{no}");
+    }
+    assert!(program_allowed(&allow, "./ls"));
+    assert!(!program_allowed(&[], "ls"));
+    assert!(!program_allowed(&[String::new()], ""));
     let a = auth(false);
     let mut cfg = AccessConfig::single_admin("x");
     cfg.tokens[0].role = Role::Exec;

@@ -5,7 +5,8 @@
 //! [`WINDOW`] bytes; a client that stops reading (or a detached session) stops the reader, and
 //! the shell then blocks on its own writes. Memory per session stays under [`RING_BYTES`].
 
-pub mod record;
+mod access;
+mod record;
 mod ring;
 mod session;
 mod supervise;
@@ -14,11 +15,10 @@ pub use record::RecordingInfo;
 pub use session::{Attachment, Exit, Input, InputSender, TermEvent};
 
 use crate::core::audit::{Actor, Audit};
-use crate::core::auth::{Action, Principal};
 use crate::core::error::{Code, Error, Result};
-use crate::core::exec::ENV_ALLOWLIST;
 use crate::core::files::Files;
-use crate::core::registry::{SessionGuard, visible};
+use crate::core::registry::SessionGuard;
+use crate::core::sandbox::{Confinement, open_pty, spawn_lock};
 use record::Recorder;
 use session::{Session, State, read_loop, write_loop};
 use std::collections::HashMap;
@@ -130,6 +130,7 @@ struct Inner {
     files: Files,
     audit: Audit,
     recordings: PathBuf,
+    sandbox: Confinement,
     sessions: Mutex<HashMap<String, Live>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -142,12 +143,13 @@ pub struct Terminals {
 }
 
 impl Terminals {
-    /// No sessions yet; `shutdown` ends them all.
+    /// No sessions yet; shells are confined by `sandbox`; `shutdown` ends them all.
     pub fn new(
         cfg: TermConfig,
         files: Files,
         audit: Audit,
         data_dir: PathBuf,
+        sandbox: Confinement,
         shutdown: CancellationToken,
     ) -> Self {
         Terminals {
@@ -156,6 +158,7 @@ impl Terminals {
                 files,
                 audit,
                 recordings: data_dir.join(record::RECORDINGS),
+                sandbox,
                 sessions: Mutex::default(),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -208,23 +211,23 @@ impl Terminals {
         } else {
             format!("terminal {shell}")
         };
-        let (pty, pts) = pty_process::open().map_err(Error::internal)?;
+        let (pty, pts) = open_pty().map_err(Error::internal)?;
+        inner.sandbox.own_tty(&pts).map_err(Error::internal)?;
         pty.resize(pty_process::Size::new(size.rows, size.cols))
             .map_err(Error::internal)?;
-        let mut cmd = pty_process::Command::new(program)
-            .args(args)
-            .current_dir(&cwd)
-            .env_clear()
-            .kill_on_drop(true);
-        for k in ENV_ALLOWLIST.iter().filter(|k| **k != "TERM") {
-            if let Some(v) = std::env::var_os(k) {
-                cmd = cmd.env(k, v);
-            }
-        }
-        cmd = cmd.env("TERM", "xterm-256color");
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).current_dir(&cwd).kill_on_drop(true);
+        inner.sandbox.apply(&mut cmd);
+        cmd.env("TERM", "xterm-256color");
+        // pty-process adds its own setsid/controlling-terminal step after the sandbox's.
+        let cmd = pty_process::Command::from(cmd);
         inner.audit.command_started(&id, &actor, &line, "").await?;
         let started = Instant::now();
-        let child = match cmd.spawn(pts) {
+        let spawned = {
+            let _lock = spawn_lock();
+            cmd.spawn(pts)
+        };
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let err = Error::internal(format!("spawn {shell}: {e}"));
@@ -297,28 +300,6 @@ impl Terminals {
         self.attach_live(&id, Some(0))
     }
 
-    /// `Ok` when `who` may open a terminal: the exec role, and the shell on its program list.
-    pub fn permit(&self, who: &Principal) -> Result<()> {
-        who.require_program(self.inner.cfg.shell.first().map_or("sh", String::as_str))
-    }
-
-    /// Attaches `who` to its live session `id` (an admin to any), replaying its output from
-    /// `seq` (default: everything still held). A previous client is told it was taken over.
-    pub fn attach(&self, who: &Principal, id: &str, seq: Option<u64>) -> Result<Attachment> {
-        self.permit(who)?;
-        let owned = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap()
-            .get(id)
-            .map(|l| l.owner.clone());
-        match owned {
-            Some(owner) if visible(who, &owner) => self.attach_live(id, seq),
-            _ => Err(Error::new(Code::NotFound, "no such terminal session")),
-        }
-    }
-
     fn attach_live(&self, id: &str, seq: Option<u64>) -> Result<Attachment> {
         let session = self
             .inner
@@ -372,18 +353,6 @@ impl Terminals {
             paused: st.paused,
             pid: live.pid,
         })
-    }
-
-    /// Every recording, newest first.
-    pub async fn recordings(&self, who: &Principal) -> Result<Vec<RecordingInfo>> {
-        who.require(Action::Admin)?;
-        record::list(&self.inner.recordings).await
-    }
-
-    /// The file of one recording.
-    pub async fn recording_path(&self, who: &Principal, id: &str) -> Result<PathBuf> {
-        who.require(Action::Admin)?;
-        record::path_of(&self.inner.recordings, id).await
     }
 
     /// Ends every session (killing their process groups) and waits for them to be gone.

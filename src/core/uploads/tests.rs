@@ -40,6 +40,7 @@ fn a_creation_dropped_while_its_temp_file_is_made_leaves_nothing_behind() {
                 timeout: Duration::from_secs(1),
                 max_output: 1024,
                 max_concurrent: 1,
+                sandbox: Default::default(),
             },
             upload_expiry: Duration::from_secs(60),
             max_upload: 1 << 20,

@@ -1,0 +1,78 @@
+//! Unit tests of the sandbox settings, user lookup and program rule.
+
+use super::*;
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+    # a comment\n\
+    nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+    1000:x:1001:1002::/home/odd:/bin/sh\n\
+    broken line\n";
+
+#[test]
+fn users_resolve_by_name_then_uid() {
+    let nobody = Ok((65534, 65534, "/nonexistent".to_string()));
+    assert_eq!(resolve_user("nobody", PASSWD), nobody);
+    assert_eq!(resolve_user("0", PASSWD), Ok((0, 0, "/root".into())));
+    assert_eq!(resolve_user("65534", PASSWD), nobody);
+    // A name wins over a uid that happens to be spelled the same.
+    assert_eq!(
+        resolve_user("1000", PASSWD),
+        Ok((1001, 1002, "/home/odd".into()))
+    );
+    let err = resolve_user("ghost", PASSWD).unwrap_err();
+    assert!(
+        err.contains("\"ghost\"") && err.contains("no such user"),
+        "{err}"
+    );
+    assert!(resolve_user("4242", PASSWD).is_err());
+    assert!(resolve_user("", PASSWD).is_err());
+}
+
+#[test]
+fn settings_are_checked_and_clamped() {
+    let bad = Sandbox {
+        env: vec!["A=B".into()],
+        ..Sandbox::default()
+    };
+    assert!(bad.prepare().is_err());
+    // 0 sets nothing: the server's own limit stays.
+    let zero = Sandbox {
+        max_processes: Some(0),
+        ..Sandbox::default()
+    };
+    assert_eq!(zero.prepare().unwrap().limits[0], None);
+    let ghost = Sandbox {
+        user: Some("no-such-user-ferry".into()),
+        ..Sandbox::default()
+    };
+    let err = ghost.prepare().unwrap_err().to_string();
+    assert!(err.contains("no-such-user-ferry"), "{err}");
+    // Within the server's own hard limit, whatever was asked.
+    let huge = Sandbox {
+        max_open_files: Some(u64::MAX - 1),
+        ..Sandbox::default()
+    };
+    let c = huge.prepare().unwrap();
+    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+    assert_eq!(
+        c.limits[3],
+        Some((Resource::Nofile, hard.unwrap_or(u64::MAX - 1)))
+    );
+    let none = Sandbox {
+        env: vec![],
+        max_processes: None,
+        max_open_files: None,
+        ..Sandbox::default()
+    };
+    let c = none.prepare().unwrap();
+    assert!(c.limits.iter().all(Option::is_none) && c.env().next().is_none());
+}
+
+#[test]
+fn toml_shape_defaults_missing_fields() {
+    let s: Sandbox = serde_json::from_str(r#"{"max_processes": 64}"#).unwrap();
+    assert_eq!(s.max_processes, Some(64));
+    assert_eq!(s.env, DEFAULT_ENV);
+    assert_eq!(s.max_open_files, Some(1024));
+    assert!(serde_json::from_str::<Sandbox>(r#"{"max_procs": 64}"#).is_err());
+}
