@@ -212,12 +212,16 @@ impl Conn {
                 let _ = out.send(error_frame(0, &e)).await;
             }
         };
+        // Idle: no frame received and no stream open for `idle_timeout`; reset by both.
+        let idle = tokio::time::sleep(self.cfg.idle_timeout);
+        tokio::pin!(idle);
         let reason = loop {
             if draining && streams.is_empty() {
                 break "server shutdown";
             }
             tokio::select! {
                 frame = reader.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
                     let frame = match frame {
                         None => break "closed by peer",
                         Some(Err(CodecError::Io(_))) => break "connection error",
@@ -325,7 +329,13 @@ impl Conn {
                     }
                     if streams.is_empty() {
                         shrink(reader.read_buffer_mut());
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
                     }
+                }
+                _ = &mut idle, if streams.is_empty() => {
+                    let secs = self.cfg.idle_timeout.as_secs_f64();
+                    fail(Error::new(Code::Timeout, format!("idle for {secs} s: no frame and nothing running"))).await;
+                    break "idle";
                 }
                 _ = self.shutdown.cancelled(), if !draining => draining = true,
                 _ = self.kill.cancelled() => break "shutdown deadline",
