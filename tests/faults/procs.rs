@@ -60,7 +60,9 @@ fn leftovers(groups: &HashSet<u32>) -> Vec<String> {
         .into_iter()
         .filter_map(|pid| {
             let (state, ppid, pgrp) = proc_stat(pid)?;
-            let zombie_child = state == 'Z' && ppid == me;
+            // The test's own `ferry serve` children are not the server's commands.
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let zombie_child = state == 'Z' && ppid == me && comm.trim() != "ferry";
             (groups.contains(&pgrp) || zombie_child)
                 .then(|| format!("pid {pid} state {state} ppid {ppid} pgrp {pgrp}"))
         })
