@@ -221,3 +221,22 @@ async fn open_event_stream_is_not_idle() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+#[tokio::test]
+async fn tcp_peer_that_stops_reading_is_dropped() {
+    let srv = idle_server().await;
+    let mut s = TcpStream::connect(&srv.addr).await.unwrap();
+    // A window of 1 GiB: the server may send all it has, but this client never reads it.
+    let h = json!({"version": 1, "token": TOKEN, "window": 1u32 << 30});
+    s.write_all(&frame(HELLO, 0, &h)).await.unwrap();
+    let req = json!({"op": "exec", "cmd": "head -c 200000000 /dev/zero"});
+    s.write_all(&frame(REQUEST, 1, &req)).await.unwrap();
+    // Once the socket takes nothing for an idle timeout, the connection and its command end.
+    wait_for_reason(&srv, "tcp", "write stalled or failed").await;
+    let cond = "exit_code IS NOT NULL OR signal IS NOT NULL";
+    let deadline = Instant::now() + WAIT;
+    while srv.count("commands", cond).await == 0 {
+        assert!(Instant::now() < deadline, "the command still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

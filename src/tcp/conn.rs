@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -139,7 +140,7 @@ impl Conn {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let counters = guard.counters.clone();
         let kill = self.kill.clone();
-        let writing = write_loop(writer, out_rx, counters.clone());
+        let writing = write_loop(writer, out_rx, counters.clone(), self.cfg.idle_timeout);
         // At the shutdown deadline the socket is dropped even if the peer stopped reading.
         let write_task = tokio::spawn(async move {
             tokio::select! {
@@ -332,6 +333,7 @@ impl Conn {
                         idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
                     }
                 }
+                _ = shared.out.closed() => break "write stalled or failed",
                 _ = &mut idle, if streams.is_empty() => {
                     let secs = self.cfg.idle_timeout.as_secs_f64();
                     fail(Error::new(Code::Timeout, format!("idle for {secs} s: no frame and nothing running"))).await;
@@ -356,7 +358,15 @@ fn codec_error(e: &CodecError) -> Error {
     }
 }
 
-async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<SessionCounters>) {
+/// Sends queued frames until the queue closes. A peer that takes none of our bytes for `stall`
+/// (the idle timeout) is gone or stopped reading what it was granted: the writer gives up, and
+/// the connection ends.
+async fn write_loop(
+    mut w: Writer,
+    mut rx: mpsc::Receiver<Frame>,
+    counters: Arc<SessionCounters>,
+    stall: std::time::Duration,
+) {
     // A connection-level error is the last frame sent. The socket stays open (later frames are
     // discarded) until every stream has settled, so a peer that sees the close knows that
     // nothing of its session is still running or half-written.
@@ -370,11 +380,11 @@ async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<
             closing = f.stream == 0 && f.kind == Kind::Error;
             let n = (4 + HEADER_LEN + f.payload.len()) as u64;
             counters.add_out(n);
-            if w.feed(f).await.is_err() {
+            if !matches!(timeout(stall, w.feed(f)).await, Ok(Ok(()))) {
                 return;
             }
         }
-        if w.flush().await.is_err() {
+        if !matches!(timeout(stall, w.flush()).await, Ok(Ok(()))) {
             return;
         }
         if rx.is_empty() {

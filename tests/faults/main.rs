@@ -57,6 +57,6 @@ async fn sigterm_during_transfers_is_clean() {
 async fn idle_connections_are_all_closed() {
     let n = scale("IDLE", 200);
     let (bad, note) = idle::run(n).await;
-    figure("idle connections", n, bad, 0, &note);
+    figure("idle connections (2 rounds)", 2 * n, bad, 0, &note);
     assert_eq!(bad, 0, "{note}");
 }
