@@ -1,6 +1,6 @@
 //! Many idle connections to a real `ferry serve`: what each costs in resident memory, and that
-//! the idle timeout closes every one of them. Two rounds: memory the first one leaves behind
-//! must be reused by the second, not added to.
+//! the idle timeout closes every one of them. In rounds: memory a round leaves behind should be
+//! reused by the next, not added to.
 
 use crate::raw::*;
 use crate::served::{SERVE_TOKEN, Served};
@@ -45,10 +45,10 @@ async fn closed_by_idle(conns: Vec<TcpStream>, idle: Duration) -> usize {
 }
 
 /// Returns (connections not closed by the idle timeout, a note with the memory figures).
-pub async fn run(n: usize) -> (usize, String) {
+pub async fn run(n: usize, rounds_wanted: usize) -> (usize, String) {
     let dir = tempfile::tempdir().unwrap();
     // Long enough to open them all before the first one times out.
-    let idle = Duration::from_secs(3.max(n as u64 / 100));
+    let idle = Duration::from_secs(3.max(n as u64 / 300));
     let max = (n + 64).to_string();
     let flags = [
         "--idle-timeout",
@@ -61,7 +61,7 @@ pub async fn run(n: usize) -> (usize, String) {
     drop(hello(&srv.tcp, SERVE_TOKEN).await.unwrap());
     let before = rss_kib(srv.pid);
     let (mut bad, mut rounds) = (0, Vec::new());
-    for round in 1..=2 {
+    for round in 1..=rounds_wanted {
         let t0 = Instant::now();
         let (conns, failed) = open(&srv.tcp, n).await;
         let opened = t0.elapsed();
@@ -75,6 +75,7 @@ pub async fn run(n: usize) -> (usize, String) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = rss_kib(srv.pid);
         bad += n - closed;
+        println!("idle round {round}: {during} KiB open, {after} KiB closed");
         let per_conn = during.saturating_sub(before) as f64 / (n - failed).max(1) as f64;
         rounds.push(format!(
             "round {round}: {during} KiB with {n} open ({per_conn:.1} KiB/conn over the baseline, opened in {:.1} s), \

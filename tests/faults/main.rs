@@ -55,8 +55,9 @@ async fn sigterm_during_transfers_is_clean() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_all_closed() {
-    let n = scale("IDLE", 200);
-    let (bad, note) = idle::run(n).await;
-    figure("idle connections (2 rounds)", 2 * n, bad, 0, &note);
+    let (n, rounds) = (scale("IDLE", 200), scale("IDLE_ROUNDS", 2));
+    let (bad, note) = idle::run(n, rounds).await;
+    let fault = format!("idle connections ({rounds} rounds)");
+    figure(&fault, rounds * n, bad, 0, &note);
     assert_eq!(bad, 0, "{note}");
 }
