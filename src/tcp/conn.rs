@@ -333,7 +333,10 @@ impl Conn {
                         idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
                     }
                 }
-                _ = shared.out.closed() => break "write stalled or failed",
+                _ = shared.out.closed() => {
+                    // The writer also stops at the shutdown deadline.
+                    break if self.kill.is_cancelled() { "shutdown deadline" } else { "write stalled or failed" };
+                }
                 _ = &mut idle, if streams.is_empty() => {
                     let secs = self.cfg.idle_timeout.as_secs_f64();
                     fail(Error::new(Code::Timeout, format!("idle for {secs} s: no frame and nothing running"))).await;
