@@ -128,6 +128,9 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// How often an idle `ferry shell` pings its server.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub(super) async fn shell(conn: Conn) -> anyhow::Result<i32> {
     let client = match connect(&conn).await {
         Ok(c) => c,
@@ -150,7 +153,19 @@ pub(super) async fn shell(conn: Conn) -> anyhow::Result<i32> {
             print!(":> ");
             let _ = std::io::stdout().flush();
         }
-        let Some(line) = lines.next_line().await? else {
+        // While the user thinks, a ping now and then keeps the server from closing the
+        // connection as idle (`--idle-timeout`).
+        let line = loop {
+            tokio::select! {
+                line = lines.next_line() => break line?,
+                _ = tokio::time::sleep(KEEPALIVE) => {
+                    if let Err(e) = client.ping().await {
+                        return Ok(report(&e));
+                    }
+                }
+            }
+        };
+        let Some(line) = line else {
             break;
         };
         let line = line.trim();

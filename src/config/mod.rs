@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Seconds a new connection has to send its hello (TCP) or its request headers (HTTP).
     #[arg(long, env = "FERRY_HELLO_TIMEOUT", default_value_t = 10)]
     pub hello_timeout: u64,
+    /// Seconds a connection may stay idle (TCP: no frame and nothing running; HTTP: between
+    /// requests, capped by --hello-timeout) before it is closed.
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout: u64,
     /// Seconds transfers may go on after SIGINT/SIGTERM.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
@@ -172,6 +176,7 @@ impl ServeArgs {
         anyhow::ensure!(self.exec_timeout > 0, "--exec-timeout must be positive");
         anyhow::ensure!(self.upload_expiry > 0, "--upload-expiry must be positive");
         anyhow::ensure!(self.term_idle > 0, "--term-idle must be positive");
+        anyhow::ensure!(self.idle_timeout > 0, "--idle-timeout must be positive");
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(ServerTls::from_pem_files(cert, key).map_err(anyhow::Error::msg)?)
@@ -203,6 +208,7 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 max_frame: self.max_frame as usize,
                 hello_timeout: Duration::from_secs(self.hello_timeout),
+                idle_timeout: Duration::from_secs(self.idle_timeout),
                 ..TcpConfig::default()
             },
             http: HttpConfig {
@@ -210,6 +216,7 @@ impl ServeArgs {
                 max_requests: self.max_requests,
                 request_timeout: Duration::from_secs(self.request_timeout.max(1)),
                 header_timeout: Duration::from_secs(self.hello_timeout),
+                idle_timeout: Duration::from_secs(self.idle_timeout),
                 max_connections: self.max_connections,
                 // Over plain HTTP a cookie marked Secure would never come back.
                 secure_cookies: tls.is_some(),

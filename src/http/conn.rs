@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -33,6 +34,9 @@ pub struct ConnState {
     opening: tokio::sync::Mutex<()>,
     pending_in: AtomicU64,
     pending_out: AtomicU64,
+    /// When the connection last received a byte, in milliseconds since `opened`.
+    last_in: AtomicU64,
+    opened: Instant,
 }
 
 impl ConnState {
@@ -45,6 +49,8 @@ impl ConnState {
             opening: tokio::sync::Mutex::new(()),
             pending_in: AtomicU64::new(0),
             pending_out: AtomicU64::new(0),
+            last_in: AtomicU64::new(0),
+            opened: Instant::now(),
         }
     }
 
@@ -75,6 +81,8 @@ impl ConnState {
     }
 
     fn count_in(&self, n: u64) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last_in.store(now, Ordering::Relaxed);
         match self.session.get() {
             Some((_, c)) => c.add_in(n),
             None => {
@@ -161,9 +169,13 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     (shutdown, kill, tracker): (CancellationToken, CancellationToken, TaskTracker),
 ) {
+    // hyper starts its header timer when a connection opens and again whenever a keep-alive
+    // connection goes idle after a response (not while a response, such as an event stream, is
+    // still being sent, nor after an upgrade): it is the idle timeout between requests as well.
+    let header_timeout = cfg.header_timeout.min(cfg.idle_timeout);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size(64 * 1024);
     let http = Arc::new(http);
     let stop = shutdown.clone();
@@ -199,12 +211,12 @@ pub(super) async fn accept_loop(
                 let conn = http.serve_connection(io, svc).with_upgrades();
                 tokio::pin!(conn);
                 let reason = tokio::select! {
-                    r = conn.as_mut() => closed(r),
+                    r = conn.as_mut() => closed(r, &state, header_timeout),
                     _ = shutdown.cancelled() => {
                         // Finish the request in flight, then close; `kill` cuts it at the deadline.
                         conn.as_mut().graceful_shutdown();
                         tokio::select! {
-                            r = conn.as_mut() => closed(r),
+                            r = conn.as_mut() => closed(r, &state, header_timeout),
                             _ = kill.cancelled() => "server shutdown",
                         }
                     }
@@ -220,10 +232,18 @@ pub(super) async fn accept_loop(
     .await;
 }
 
-fn closed(r: Result<(), hyper::Error>) -> &'static str {
+fn closed(r: Result<(), hyper::Error>, state: &ConnState, limit: Duration) -> &'static str {
     match r {
         Ok(()) => "closed",
-        Err(e) if e.is_timeout() => "header timeout",
+        Err(e) if e.is_timeout() => {
+            // Nothing at all arrived while the timer ran: idle, rather than slow headers.
+            let last = Duration::from_millis(state.last_in.load(Ordering::Relaxed));
+            if state.opened.elapsed().saturating_sub(last) >= limit {
+                "idle"
+            } else {
+                "header timeout"
+            }
+        }
         Err(_) => "connection error",
     }
 }

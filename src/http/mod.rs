@@ -40,6 +40,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Longest time a client may take to send a request's headers.
     pub header_timeout: Duration,
+    /// Longest time a keep-alive connection may wait for its next request (capped by
+    /// `header_timeout`, whose timer hyper also runs between requests).
+    pub idle_timeout: Duration,
     /// Most connections at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
     /// Whether login cookies say `Secure` (always so with TLS; set it when a TLS proxy fronts ferry).
@@ -55,6 +58,7 @@ impl Default for HttpConfig {
             max_requests: 1024,
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             secure_cookies: false,
             allowed_origins: Vec::new(),

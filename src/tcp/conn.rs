@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -144,7 +145,7 @@ impl Conn {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let counters = guard.counters.clone();
         let kill = self.kill.clone();
-        let writing = write_loop(writer, out_rx, counters.clone());
+        let writing = write_loop(writer, out_rx, counters.clone(), self.cfg.idle_timeout);
         // At the shutdown deadline the socket is dropped even if the peer stopped reading.
         let write_task = tokio::spawn(async move {
             tokio::select! {
@@ -218,12 +219,16 @@ impl Conn {
                 let _ = out.send(error_frame(0, &e)).await;
             }
         };
+        // Idle: no frame received and no stream open for `idle_timeout`; reset by both.
+        let idle = tokio::time::sleep(self.cfg.idle_timeout);
+        tokio::pin!(idle);
         let reason = loop {
             if draining && streams.is_empty() {
                 break "server shutdown";
             }
             tokio::select! {
                 frame = reader.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
                     let frame = match frame {
                         None => break "closed by peer",
                         Some(Err(CodecError::Io(_))) => break "connection error",
@@ -339,7 +344,17 @@ impl Conn {
                     }
                     if streams.is_empty() {
                         shrink(reader.read_buffer_mut());
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
                     }
+                }
+                _ = shared.out.closed() => {
+                    // The writer also stops at the shutdown deadline.
+                    break if self.kill.is_cancelled() { "shutdown deadline" } else { "write stalled or failed" };
+                }
+                _ = &mut idle, if streams.is_empty() => {
+                    let secs = self.cfg.idle_timeout.as_secs_f64();
+                    fail(Error::new(Code::Timeout, format!("idle for {secs} s: no frame and nothing running"))).await;
+                    break "idle";
                 }
                 _ = self.shutdown.cancelled(), if !draining => draining = true,
                 _ = self.kill.cancelled() => break "shutdown deadline",
@@ -360,7 +375,15 @@ fn codec_error(e: &CodecError) -> Error {
     }
 }
 
-async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<SessionCounters>) {
+/// Sends queued frames until the queue closes. A peer that takes none of our bytes for `stall`
+/// (the idle timeout) is gone or stopped reading what it was granted: the writer gives up, and
+/// the connection ends.
+async fn write_loop(
+    mut w: Writer,
+    mut rx: mpsc::Receiver<Frame>,
+    counters: Arc<SessionCounters>,
+    stall: std::time::Duration,
+) {
     // A connection-level error is the last frame sent. The socket stays open (later frames are
     // discarded) until every stream has settled, so a peer that sees the close knows that
     // nothing of its session is still running or half-written.
@@ -374,11 +397,11 @@ async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, counters: Arc<
             closing = f.stream == 0 && f.kind == Kind::Error;
             let n = (4 + HEADER_LEN + f.payload.len()) as u64;
             counters.add_out(n);
-            if w.feed(f).await.is_err() {
+            if !matches!(timeout(stall, w.feed(f)).await, Ok(Ok(()))) {
                 return;
             }
         }
-        if w.flush().await.is_err() {
+        if !matches!(timeout(stall, w.flush()).await, Ok(Ok(()))) {
             return;
         }
         if rx.is_empty() {

@@ -25,6 +25,8 @@ pub struct TcpConfig {
     pub window: u32,
     /// How long a new connection may take to send its hello.
     pub hello_timeout: Duration,
+    /// How long an authenticated connection may go without a frame and with no stream open.
+    pub idle_timeout: Duration,
 }
 
 impl Default for TcpConfig {
@@ -34,6 +36,7 @@ impl Default for TcpConfig {
             max_frame: codec::DEFAULT_MAX_FRAME,
             window: 4 * 1024 * 1024,
             hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

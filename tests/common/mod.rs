@@ -49,6 +49,7 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         max_output: 256 << 20,
         max_concurrent_execs: 64,
         hello_timeout: 10,
+        idle_timeout: 300,
         shutdown_grace: 5,
         upload_expiry: 3600,
         term_grace: 300,
