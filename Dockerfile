@@ -56,7 +56,7 @@ ENV FERRY_ROOT=/srv/ferry \
     FERRY_DATA_DIR=/var/lib/ferry \
     FERRY_TCP_ADDR=0.0.0.0:8888 \
     FERRY_HTTP_ADDR=0.0.0.0:8080
-# Config file (once `ferry serve --config` exists): mount it read-only and pass its path, e.g.
+# Config file (tokens by hash, roles, [exec] sandbox): mount it read-only and pass its path, e.g.
 #   docker run ... -v ./ferry.toml:/etc/ferry/ferry.toml:ro ferry serve --config /etc/ferry/ferry.toml
 # or make that the default here:   CMD ["serve", "--config", "/etc/ferry/ferry.toml"]
 # Other settings: any FERRY_* variable of `ferry serve --help`, e.g. -e FERRY_TOKEN=...
