@@ -4,7 +4,7 @@ use crate::core::audit::{Actor, Audit, CommandEnd};
 use crate::core::auth::Action;
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
-use crate::core::output::{OutputCap, pump};
+use crate::core::output::{OutputCap, drain, pump};
 use crate::core::registry::new_id;
 use crate::core::sandbox::{self, Confinement, Sandbox};
 use bytes::Bytes;
@@ -19,9 +19,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
-
-/// How long output may still drain after the command's group is gone.
-const DRAIN: Duration = Duration::from_millis(200);
 
 /// How long a command waits for a free slot before `busy`.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
@@ -261,6 +258,7 @@ impl Executor {
             used: AtomicU64::new(0),
             truncated: AtomicBool::new(false),
             hit: Notify::new(),
+            progress: AtomicU64::new(0),
         });
         let readers = [
             child
@@ -301,17 +299,7 @@ impl Executor {
                 Some(s) => Some(s),
                 None => child.wait().await.ok(),
             };
-            // The group is dead, so its pipes close at once. A process that left the group
-            // (setsid) may still hold them: give the readers a short drain, then stop them, so
-            // the output channel closes and the command always ends.
-            let drain = tokio::time::sleep(DRAIN);
-            tokio::pin!(drain);
-            for mut r in readers.into_iter().flatten() {
-                tokio::select! {
-                    _ = &mut r => {}
-                    _ = &mut drain => r.abort(),
-                }
-            }
+            drain(readers, &cap).await;
             use std::os::unix::process::ExitStatusExt;
             let outcome = ExecOutcome {
                 exit_code: status.and_then(|s| s.code()),
