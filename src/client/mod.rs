@@ -141,7 +141,13 @@ impl Client {
             }
         };
         // Send at most what the server accepts in a frame, and no more than its window at once.
-        let max_payload = (welcome.limits.max_frame as usize - HEADER_LEN)
+        let max_frame = welcome.limits.max_frame as usize;
+        if max_frame <= HEADER_LEN {
+            return Err(ClientError::Protocol(format!(
+                "the server's largest frame ({max_frame} bytes) leaves no room for data"
+            )));
+        }
+        let max_payload = (max_frame - HEADER_LEN)
             .min(256 * 1024)
             .min(welcome.limits.window as usize);
         let (out, out_rx) = mpsc::channel(32);

@@ -21,6 +21,8 @@ mod web;
 
 pub use error::ApiError;
 pub use routes::{PUBLIC, ROUTES, Shutdown, router};
+// The terminal's text-message parsers, pure functions, for the fuzz targets in tests/fuzz.
+pub use term::{ack_of as term_ack_of, control as term_control};
 
 use crate::core::Core;
 use std::time::Duration;

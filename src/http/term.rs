@@ -230,7 +230,7 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
 const ACK_WINDOW: u64 = 512 * 1024;
 
 /// The `seq` of an acknowledgement message, if `text` is one.
-fn ack_of(text: &str) -> Option<u64> {
+pub fn ack_of(text: &str) -> Option<u64> {
     #[derive(Deserialize)]
     struct Ack {
         r#type: String,
@@ -250,8 +250,8 @@ async fn feed(sender: &InputSender, input: Option<Input>) -> Result<()> {
     }
 }
 
-/// Parses a control message from the client.
-fn control(text: &str) -> Result<Input> {
+/// Parses a control message from the client (`{"type":"resize","cols":C,"rows":R}`).
+pub fn control(text: &str) -> Result<Input> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Resize { cols, rows }) => Ok(Input::Resize(TermSize::new(cols, rows)?)),
         Err(e) => Err(Error::bad_request(format!("unknown control message: {e}"))),

@@ -151,9 +151,9 @@ impl FrameCodec {
         self.max = max_frame;
     }
 
-    /// The largest payload a frame can carry.
+    /// The largest payload a frame can carry (0 when the maximum is below the header).
     pub fn max_payload(&self) -> usize {
-        self.max - HEADER_LEN
+        self.max.saturating_sub(HEADER_LEN)
     }
 }
 
@@ -235,5 +235,13 @@ mod tests {
         );
         let mut short = BytesMut::from(&[0u8, 0, 0, 2, 1, 0][..]);
         assert!(matches!(c.decode(&mut short), Err(CodecError::Short(2))));
+    }
+
+    #[test]
+    fn a_maximum_below_the_header_leaves_no_payload() {
+        // Also checked by the frame fuzz target: this used to underflow (a panic in debug).
+        assert_eq!(FrameCodec::new(3).max_payload(), 0);
+        assert_eq!(FrameCodec::new(HEADER_LEN).max_payload(), 0);
+        assert_eq!(FrameCodec::new(64).max_payload(), 59);
     }
 }
