@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const READ: &str = "reader-token-0001";
 const WRITE: &str = "writer-token-0002";
 const EXEC: &str = "exec-token-0003";
+const WRITE2: &str = "writer-token-0004";
 
 /// A server with an admin (TOKEN), a reader, a writer and an exec token allowed only `echo`.
 async fn server(public_read: bool) -> TestServer {
@@ -25,6 +26,7 @@ async fn server(public_read: bool) -> TestServer {
             ("reader", Role::Read, READ),
             ("writer", Role::Write, WRITE),
             ("runner", Role::Exec, EXEC),
+            ("writer2", Role::Write, WRITE2),
         ] {
             access.tokens.push(TokenEntry {
                 name: name.into(),
@@ -201,6 +203,9 @@ async fn each_role_may_do_what_it_should_over_http_and_ws() {
         exec_http(&s, EXEC, json!({"cmd": "echo hi"})).await.1,
         "forbidden"
     );
+    // Its own environment (LD_PRELOAD, PATH) would let a listed program run anything.
+    let preload = json!({"argv": ["echo", "hi"], "env": {"LD_PRELOAD": "./evil.so"}});
+    assert_eq!(exec_http(&s, EXEC, preload).await.1, "forbidden");
 
     // Only an admin reads the audit log and the recordings.
     for path in ["/api/v1/audit", "/api/v1/recordings"] {
@@ -417,4 +422,60 @@ async fn tcp_guesses_count_too() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumable_upload_is_its_creators_alone() {
+    let s = server(true).await;
+    let r = web(Some(WRITE))
+        .post(s.url("/files/u.bin"))
+        .header("upload-complete", "?0")
+        .body("1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let url = s.url(&location);
+    // Another write token neither sees it, nor goes on with it, nor cancels it.
+    let other = web(Some(WRITE2));
+    assert_eq!(
+        other.head(&url).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let patch = other
+        .patch(&url)
+        .header("upload-offset", "4")
+        .header("upload-complete", "?1")
+        .header("content-type", "application/partial-upload")
+        .body("5678")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::NOT_FOUND);
+    assert!(!patch.headers().contains_key("upload-offset"));
+    assert_eq!(
+        other.delete(&url).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    // Nor does the anonymous reader learn how far it got.
+    let anon = web(None)
+        .patch(&url)
+        .header("upload-offset", "4")
+        .header("upload-complete", "?0")
+        .header("content-type", "application/partial-upload")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), StatusCode::UNAUTHORIZED);
+    assert!(!anon.headers().contains_key("upload-offset"));
+    // Its creator does.
+    let head = web(Some(WRITE)).head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["upload-offset"], "4");
+    // Metrics and the API description are not for the anonymous reader either.
+    for path in ["/metrics", "/api/v1/openapi.json"] {
+        let r = web(None).get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
 }

@@ -51,13 +51,15 @@ pub fn token_line(name: &str, role: Role, digest: &[u8; 32]) -> String {
     )
 }
 
-/// Whether `name` may name a token: letters, digits, `.`, `_` and `-`, at most 64.
+/// Whether `name` may name a token: letters, digits, `_` and `-`, at most 64 (a bare TOML
+/// key), and not `anonymous`, the public reader's name.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
+        && name != "anonymous"
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
 }
 
 impl ConfigFile {
@@ -84,7 +86,7 @@ impl ConfigFile {
         for (name, t) in &self.tokens {
             anyhow::ensure!(
                 valid_name(name),
-                "token name {name:?}: use letters, digits, '.', '_' and '-' (at most 64)"
+                "token name {name:?}: use letters, digits, '_' and '-' (at most 64), not anonymous"
             );
             let role: Role = t
                 .role
@@ -166,6 +168,8 @@ mod tests {
             format!("[tokens]\nbob = {{ role = \"root\", sha256 = \"{hash}\" }}"),
             "[tokens]\nbob = { role = \"read\", sha256 = \"zz\" }".to_string(),
             format!("[tokens]\n\"b b\" = {{ role = \"read\", sha256 = \"{hash}\" }}"),
+            format!("[tokens]\nanonymous = {{ role = \"read\", sha256 = \"{hash}\" }}"),
+            format!("[tokens]\n\"a.b\" = {{ role = \"read\", sha256 = \"{hash}\" }}"),
             format!(
                 "[tokens]\na = {{ role = \"read\", sha256 = \"{hash}\" }}\nb = {{ role = \"admin\", sha256 = \"{hash}\" }}"
             ),

@@ -187,7 +187,7 @@ impl Executor {
             (None, Some(a)) if !a.is_empty() && !a[0].is_empty() => (a[0].clone(), a[1..].to_vec()),
             _ => return Err(Error::bad_request("an empty command")),
         };
-        actor.principal.require_program(&program)?;
+        actor.principal.require_program(&program, req.env.len())?;
         for (k, v) in &req.env {
             if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
                 return Err(Error::bad_request(format!(

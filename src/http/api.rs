@@ -2,6 +2,7 @@
 
 use crate::core::Core;
 use crate::core::audit::Actor;
+use crate::core::auth::Action;
 use crate::core::registry::{RegistryEvent, TransferState};
 use crate::http::files::Listing;
 use crate::http::{ApiError, Shutdown};
@@ -24,8 +25,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-/// `GET /metrics`: Prometheus text.
-pub async fn metrics(State(core): State<Core>) -> Response {
+/// `GET /metrics`: Prometheus text (not for the anonymous reader of public read).
+pub async fn metrics(State(core): State<Core>, axum::Extension(a): Who) -> Response {
+    if let Err(e) = a.require(Action::Browse) {
+        return ApiError(e).into_response();
+    }
     let mut resp = core.registry.metrics().render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -34,8 +38,11 @@ pub async fn metrics(State(core): State<Core>) -> Response {
     resp
 }
 
-/// `GET /api/v1/openapi.json`.
-pub async fn openapi() -> Response {
+/// `GET /api/v1/openapi.json` (not for the anonymous reader of public read).
+pub async fn openapi(axum::Extension(a): Who) -> Response {
+    if let Err(e) = a.require(Action::Browse) {
+        return ApiError(e).into_response();
+    }
     let mut resp = OPENAPI.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

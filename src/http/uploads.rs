@@ -227,7 +227,7 @@ pub async fn append(
         Err(e) => {
             let mut resp = e.into_response();
             // Wherever the upload stands after a failed append, the client can go on from there.
-            if let Some(offset) = core.uploads.offset(&id) {
+            if let Some(offset) = core.uploads.offset(&actor, &id) {
                 resp.headers_mut()
                     .insert(UPLOAD_OFFSET.clone(), HeaderValue::from(offset));
             }

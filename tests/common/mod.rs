@@ -1,6 +1,8 @@
 //! A real ferry server for tests: port 0, a temp root, a temp database.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use ferry::client::Client;
 use ferry::core::Core;
 use ferry::server::{Listeners, Running, ServerConfig};

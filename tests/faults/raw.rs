@@ -10,12 +10,7 @@ use tokio::net::TcpStream;
 /// Safety net for every single wait.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-pub const HELLO: u8 = 0x01;
-pub const WELCOME: u8 = 0x02;
-pub const REQUEST: u8 = 0x10;
-pub const ERROR: u8 = 0x13;
-pub const DATA: u8 = 0x20;
-pub const STDOUT: u8 = 0x21;
+pub use crate::common::raw::{DATA, ERROR, HELLO, REQUEST, STDOUT, WELCOME, frame, json_frame};
 
 /// How many of a fault to inject: `FERRY_SOAK_<NAME>` if set (bench/soak sets it), else `short`.
 pub fn scale(name: &str, short: usize) -> usize {
@@ -58,18 +53,6 @@ impl Rng {
 
 pub fn md5_hex(b: &[u8]) -> String {
     hex::encode(Md5::digest(b))
-}
-
-pub fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = ((5 + payload.len()) as u32).to_be_bytes().to_vec();
-    out.push(kind);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-pub fn json_frame(kind: u8, stream: u32, v: &Value) -> Vec<u8> {
-    frame(kind, stream, &serde_json::to_vec(v).unwrap())
 }
 
 pub fn hello_frame(token: &str) -> Vec<u8> {

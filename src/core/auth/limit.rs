@@ -71,8 +71,59 @@ impl FailureLimiter {
         (b.left + gained).min(self.burst)
     }
 
-    /// `Ok` when `ip` may try to authenticate; else how long until it may.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+    /// Takes one attempt from `ip`'s bucket if it holds one (give it back with [`Self::refund`]
+    /// when the attempt succeeds); else how long until it will. Checking and taking happen
+    /// under one lock, so parallel guesses cannot all pass the same check.
+    pub fn take(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap();
+        self.make_room(&mut map, now);
+        let left = map.get(&key(ip)).map_or(self.burst, |b| self.level(b, now));
+        if left < 1.0 {
+            return Err(self.refill.mul_f64(1.0 - left));
+        }
+        map.insert(
+            key(ip),
+            Bucket {
+                left: left - 1.0,
+                at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives back the attempt taken for a success.
+    pub fn refund(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap();
+        if let Some(b) = map.get_mut(&key(ip)) {
+            b.left = (self.level(b, now) + 1.0).min(self.burst);
+            b.at = now;
+        }
+    }
+
+    /// Forgets full buckets when the table is full; if still full (failures from very many
+    /// addresses), the half of the buckets closest to full.
+    fn make_room(&self, map: &mut HashMap<IpAddr, Bucket>, now: Instant) {
+        if map.len() < MAX_TRACKED {
+            return;
+        }
+        map.retain(|_, b| self.level(b, now) < self.burst);
+        if map.len() >= MAX_TRACKED {
+            let mut by_level: Vec<(f64, IpAddr)> = map
+                .iter()
+                .map(|(ip, b)| (self.level(b, now), *ip))
+                .collect();
+            by_level.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (_, ip) in by_level.iter().take(by_level.len() / 2) {
+                map.remove(ip);
+            }
+        }
+    }
+
+    /// `Ok` when `ip` may try to authenticate, without taking an attempt; else how long until
+    /// it may.
+    pub fn peek(&self, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let map = self.buckets.lock().unwrap();
         let Some(b) = map.get(&key(ip)) else {
@@ -86,20 +137,11 @@ impl FailureLimiter {
         }
     }
 
-    /// Counts a failed attempt from `ip`.
+    /// Counts a wrong guess made while `ip` was already limited: it empties the bucket again.
     pub fn failed(&self, ip: IpAddr) {
         let now = Instant::now();
         let mut map = self.buckets.lock().unwrap();
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, b| self.level(b, now) < self.burst);
-        }
-        if map.len() >= MAX_TRACKED {
-            // Still full (failures from very many addresses): forget the half closest to full.
-            let mut levels: Vec<f64> = map.values().map(|b| self.level(b, now)).collect();
-            levels.sort_by(f64::total_cmp);
-            let cut = levels[levels.len() / 2];
-            map.retain(|_, b| self.level(b, now) < cut);
-        }
+        self.make_room(&mut map, now);
         let left = map.get(&key(ip)).map_or(self.burst, |b| self.level(b, now));
         map.insert(
             key(ip),

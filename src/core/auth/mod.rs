@@ -156,9 +156,20 @@ impl Principal {
         ))
     }
 
-    /// `Ok` when this principal may run the program `argv0` (a shell line runs `sh`).
-    pub fn require_program(&self, argv0: &str) -> Result<()> {
+    /// `Ok` when this principal may run the program `argv0` (a shell line runs `sh`) with
+    /// `env_vars` variables of its own: a role with a program list may set none, since
+    /// `LD_PRELOAD`, `PATH` or `BASH_ENV` would let any listed program run anything.
+    pub fn require_program(&self, argv0: &str, env_vars: usize) -> Result<()> {
         self.require(Action::Exec)?;
+        if self.programs.is_some() && env_vars > 0 {
+            return Err(Error::new(
+                Code::Forbidden,
+                format!(
+                    "the role {} runs listed programs only, and may not set their environment",
+                    self.role
+                ),
+            ));
+        }
         match &self.programs {
             Some(allow) if !program_allowed(allow, argv0) => Err(Error::new(
                 Code::Forbidden,
@@ -173,14 +184,11 @@ impl Principal {
     }
 }
 
-/// Whether `argv0` is on the allowlist: an entry allows the exact string, and an entry
-/// without `/` also allows any path whose last component it is (`ls` allows `/bin/ls`, and
-/// also `./ls` in the root: list full paths where that matters). A shell line runs `sh`.
+/// Whether `argv0` is on the allowlist: only an exact match counts. A bare name (`ls`) is
+/// looked up in the server's `PATH`, so it cannot name a file in the served root (`./ls`); a
+/// path (`/usr/bin/git`) allows only itself. A shell line runs `sh`.
 pub fn program_allowed(allow: &[String], argv0: &str) -> bool {
-    let base = argv0.rsplit('/').next().unwrap_or(argv0);
-    allow.iter().any(|a| {
-        !a.is_empty() && (a == argv0 || (!a.contains('/') && !base.is_empty() && a == base))
-    })
+    !argv0.is_empty() && allow.iter().any(|a| a == argv0)
 }
 
 /// A configured token: its name, role and digest.
@@ -273,15 +281,19 @@ impl Auth {
         {
             return Ok(anon.clone());
         }
-        let limited = self.limiter.check(peer);
         let hit = presented.map(|p| self.lookup(p));
+        // A missing token is no guess: it is refused without costing an attempt.
+        let limited = match hit {
+            None => self.limiter.peek(peer),
+            Some(_) => self.limiter.take(peer),
+        };
         match (limited, hit) {
-            (Ok(()), Some(Some(principal))) => Ok(principal),
-            (Ok(()), None) => Err(Error::new(Code::Unauthorized, "missing token")),
-            (Ok(()), Some(None)) => {
-                self.limiter.failed(peer);
-                Err(Error::new(Code::Unauthorized, "wrong token"))
+            (Ok(()), Some(Some(principal))) => {
+                self.limiter.refund(peer);
+                Ok(principal)
             }
+            (Ok(()), None) => Err(Error::new(Code::Unauthorized, "missing token")),
+            (Ok(()), Some(None)) => Err(Error::new(Code::Unauthorized, "wrong token")),
             (Err(wait), hit) => {
                 // Wrong guesses while limited keep the address limited; the right token
                 // is refused too, but costs nothing.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 impl Terminals {
     /// `Ok` when `who` may open a terminal: the exec role, and the shell on its program list.
     pub fn permit(&self, who: &Principal) -> Result<()> {
-        who.require_program(self.inner.cfg.shell.first().map_or("sh", String::as_str))
+        who.require_program(self.inner.cfg.shell.first().map_or("sh", String::as_str), 0)
     }
 
     /// Attaches `who` to its live session `id` (an admin to any), replaying its output from

@@ -25,6 +25,7 @@ use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
 use crate::core::put::{PutDone, create_temp};
+use crate::core::registry::visible;
 use crate::core::registry::{TransferState, new_id};
 use crate::core::transfer::TransferCtx;
 use disk::Job;
@@ -213,6 +214,7 @@ impl Uploads {
         self.inner.map.lock().unwrap().insert(
             id.clone(),
             Upload {
+                owner: actor.user().to_string(),
                 target: rel.clone(),
                 tmp,
                 offset: 0,
@@ -243,7 +245,10 @@ impl Uploads {
         let slot = self.inner.files.transfer_slot()?;
         let job = {
             let mut map = self.inner.map.lock().unwrap();
-            let up = map.get_mut(id).ok_or_else(gone)?;
+            let up = map
+                .get_mut(id)
+                .filter(|u| visible(&actor.principal, &u.owner))
+                .ok_or_else(gone)?;
             match &up.slot {
                 Slot::Done(_) => {
                     return Err(Error::bad_request(
@@ -304,7 +309,10 @@ impl Uploads {
         loop {
             let settled = {
                 let map = self.inner.map.lock().unwrap();
-                let up = map.get(id).ok_or_else(gone)?;
+                let up = map
+                    .get(id)
+                    .filter(|u| visible(&actor.principal, &u.owner))
+                    .ok_or_else(gone)?;
                 match &up.slot {
                     Slot::Busy { stop, settled } => {
                         stop.cancel();
@@ -318,9 +326,12 @@ impl Uploads {
     }
 
     /// The acknowledged offset of upload `id`, without waiting for a running append.
-    pub fn offset(&self, id: &str) -> Option<u64> {
+    pub fn offset(&self, actor: &Actor, id: &str) -> Option<u64> {
+        actor.require(Action::Write).ok()?;
         let map = self.inner.map.lock().unwrap();
-        map.get(id).map(|u| u.offset)
+        map.get(id)
+            .filter(|u| visible(&actor.principal, &u.owner))
+            .map(|u| u.offset)
     }
 
     /// Cancels upload `id`: a running append is stopped and the temp file removed. A completed
@@ -330,7 +341,10 @@ impl Uploads {
         let up = loop {
             let settled = {
                 let mut map = self.inner.map.lock().unwrap();
-                let up = map.get(id).ok_or_else(gone)?;
+                let up = map
+                    .get(id)
+                    .filter(|u| visible(&actor.principal, &u.owner))
+                    .ok_or_else(gone)?;
                 match &up.slot {
                     Slot::Busy { stop, settled } => {
                         stop.cancel();

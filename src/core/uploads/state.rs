@@ -15,6 +15,8 @@ pub(super) const MAX_DONE: usize = 1024;
 
 /// One upload the registry knows.
 pub(super) struct Upload {
+    /// The token's name that created it: only it (or an admin) may go on with it.
+    pub(super) owner: String,
     pub(super) target: RelPath,
     pub(super) tmp: RelPath,
     /// Bytes acknowledged: what settled appends kept. A running append moves it when it settles,
