@@ -2,7 +2,7 @@
 
 use crate::common::TOKEN;
 use md5::{Digest, Md5};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
