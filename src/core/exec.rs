@@ -259,6 +259,8 @@ impl Executor {
             truncated: AtomicBool::new(false),
             hit: Notify::new(),
             progress: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            sending: AtomicU64::new(0),
         });
         let readers = [
             child

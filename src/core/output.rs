@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 /// How long output may go without progress after the command's group is gone.
 const DRAIN: Duration = Duration::from_millis(500);
-/// The longest output may drain after the command's group is gone, progress or not.
-const DRAIN_MAX: Duration = Duration::from_secs(5);
+/// Most bytes read after the command's group is gone: more can only come from a process that
+/// left the group (its pipes hold at most 64 KiB each).
+const AFTER_EXIT_MAX: u64 = 1 << 20;
 
 /// The output budget of one command, shared by its stdout and stderr readers.
 pub(crate) struct OutputCap {
@@ -22,6 +23,10 @@ pub(crate) struct OutputCap {
     pub(crate) hit: Notify,
     /// Counts reads and deliveries, so a drain can tell a slow reader from a stuck pipe.
     pub(crate) progress: AtomicU64,
+    /// Bytes read from both pipes.
+    pub(crate) read: AtomicU64,
+    /// Readers waiting for the consumer to take output (a slow client, not a stuck pipe).
+    pub(crate) sending: AtomicU64,
 }
 
 /// Forwards one pipe's output until EOF, cutting it at the cap (and then discarding the rest).
@@ -35,6 +40,9 @@ pub(crate) async fn pump(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let read = pipe.read_buf(&mut buf).await;
         cap.progress.fetch_add(1, Ordering::Relaxed);
+        if let Ok(n) = read {
+            cap.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
         match read {
             Ok(0) | Err(_) => return,
             Ok(_) if cap.truncated.load(Ordering::Relaxed) => continue,
@@ -53,7 +61,10 @@ pub(crate) async fn pump(
                     // command ends by our SIGKILL, not by a SIGPIPE race.
                     continue;
                 }
-                if tx.send(wrap(buf.freeze())).await.is_err() {
+                cap.sending.fetch_add(1, Ordering::Relaxed);
+                let sent = tx.send(wrap(buf.freeze())).await;
+                cap.sending.fetch_sub(1, Ordering::Relaxed);
+                if sent.is_err() {
                     return;
                 }
                 cap.progress.fetch_add(1, Ordering::Relaxed);
@@ -63,24 +74,27 @@ pub(crate) async fn pump(
 }
 
 /// Waits for a command's pipe readers once its group is dead. Its pipes then close at once,
-/// but a process that left the group (setsid) may still hold them: a reader that makes no
-/// progress for [`DRAIN`] is stopped, so the output channel closes and the command always
-/// ends. One still reading or delivering (a busy server) is waited for, up to [`DRAIN_MAX`],
-/// a bound an outside writer cannot stretch.
+/// but a process that left the group (setsid) may still hold them: a reader whose pipe gives
+/// nothing for [`DRAIN`] is stopped, and so are both once more than [`AFTER_EXIT_MAX`] bytes
+/// came after the exit (then the output is marked truncated), so the command always ends. A
+/// reader waiting for a slow client is waited for: the transport ends that wait if the client
+/// goes away.
 pub(crate) async fn drain(readers: [Option<JoinHandle<()>>; 2], cap: &OutputCap) {
-    let bound = tokio::time::sleep(DRAIN_MAX);
-    tokio::pin!(bound);
+    let base = cap.read.load(Ordering::Relaxed);
     for mut r in readers.into_iter().flatten() {
         loop {
             let seen = cap.progress.load(Ordering::Relaxed);
             tokio::select! {
                 _ = &mut r => break,
-                _ = &mut bound => {
-                    r.abort();
-                    break;
-                }
                 _ = tokio::time::sleep(DRAIN) => {
-                    if cap.progress.load(Ordering::Relaxed) == seen {
+                    if cap.read.load(Ordering::Relaxed) - base > AFTER_EXIT_MAX {
+                        cap.truncated.store(true, Ordering::Relaxed);
+                        r.abort();
+                        break;
+                    }
+                    let stuck = cap.progress.load(Ordering::Relaxed) == seen
+                        && cap.sending.load(Ordering::Relaxed) == 0;
+                    if stuck {
                         r.abort();
                         break;
                     }
