@@ -19,7 +19,11 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// `ferry-data/token`. With none, the connection is anonymous (enough on a `--public-read`
 /// server to download).
 pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    // The local server's token is only ever sent to a server on this machine.
     let token = conn.token.clone().or_else(|| {
+        if !is_loopback(&conn.addr) {
+            return None;
+        }
         let dir = std::env::var_os("FERRY_DATA_DIR").unwrap_or_else(|| "ferry-data".into());
         let path = std::path::Path::new(&dir).join(crate::core::auth::TOKEN_FILE);
         std::fs::read_to_string(&path)
@@ -50,6 +54,16 @@ pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `addr` (`host:port`) names this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The local exit code for a command's end: its code, or 128 + signal.
