@@ -4,12 +4,13 @@ use super::TcpConfig;
 use super::codec::{CodecError, Frame, FrameCodec, HEADER_LEN, Kind};
 use super::messages::{ErrorBody, Hello, Limits, PROTOCOL_VERSION, Request, Welcome};
 use super::ops::{self, StreamCtx};
+use super::writer::{shrink, write_loop};
 use crate::core::Core;
 use crate::core::audit::Actor;
 use crate::core::auth::Principal;
 use crate::core::error::{Code, Error};
 use crate::core::registry::SessionCounters;
-use crate::listen::{ReadHalf, Stream, WriteHalf};
+use crate::listen::{ReadHalf, Stream};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -29,16 +29,6 @@ const HELLO_MAX: usize = 16 * 1024;
 pub(super) const MAX_STREAMS: usize = 64;
 /// Largest window grant the server accepts in total on one stream (keeps the counter sane).
 const MAX_WINDOW: usize = 1 << 40;
-/// An idle connection keeps buffers no larger than this; bigger ones (left by a transfer) are freed.
-const IDLE_BUFFER: usize = 16 * 1024;
-
-/// Frees a buffer that grew during a transfer once it is empty again.
-fn shrink(buf: &mut bytes::BytesMut) {
-    if buf.is_empty() && buf.capacity() > IDLE_BUFFER {
-        *buf = bytes::BytesMut::new();
-    }
-}
-
 /// A connection before and after its hello.
 pub(super) struct Conn {
     core: Core,
@@ -70,7 +60,6 @@ struct Slot {
 }
 
 type Reader = FramedRead<ReadHalf, FrameCodec>;
-type Writer = FramedWrite<WriteHalf, FrameCodec>;
 
 fn error_frame(stream: u32, e: &Error) -> Frame {
     Frame::json(Kind::Error, stream, &ErrorBody::from(e))
@@ -372,40 +361,5 @@ fn codec_error(e: &CodecError) -> Error {
     match e {
         CodecError::TooLarge(..) => Error::new(Code::TooLarge, e.to_string()),
         _ => Error::bad_request(e.to_string()),
-    }
-}
-
-/// Sends queued frames until the queue closes. A peer that takes none of our bytes for `stall`
-/// (the idle timeout) is gone or stopped reading what it was granted: the writer gives up, and
-/// the connection ends.
-async fn write_loop(
-    mut w: Writer,
-    mut rx: mpsc::Receiver<Frame>,
-    counters: Arc<SessionCounters>,
-    stall: std::time::Duration,
-) {
-    // A connection-level error is the last frame sent. The socket stays open (later frames are
-    // discarded) until every stream has settled, so a peer that sees the close knows that
-    // nothing of its session is still running or half-written.
-    let mut closing = false;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(f) = next.take().or_else(|| rx.try_recv().ok()) {
-            if closing {
-                continue;
-            }
-            closing = f.stream == 0 && f.kind == Kind::Error;
-            let n = (4 + HEADER_LEN + f.payload.len()) as u64;
-            counters.add_out(n);
-            if !matches!(timeout(stall, w.feed(f)).await, Ok(Ok(()))) {
-                return;
-            }
-        }
-        if !matches!(timeout(stall, w.flush()).await, Ok(Ok(()))) {
-            return;
-        }
-        if rx.is_empty() {
-            shrink(w.write_buffer_mut());
-        }
     }
 }

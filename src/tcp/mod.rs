@@ -4,6 +4,7 @@ pub mod codec;
 mod conn;
 pub mod messages;
 mod ops;
+mod writer;
 
 use crate::core::Core;
 use crate::listen::establish;

@@ -14,6 +14,7 @@
 
 mod append;
 mod disk;
+mod manage;
 mod state;
 
 pub use append::Append;
@@ -25,8 +26,7 @@ use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
 use crate::core::put::{PutDone, create_temp};
-use crate::core::registry::visible;
-use crate::core::registry::{TransferState, new_id};
+use crate::core::registry::{new_id, visible};
 use crate::core::transfer::TransferCtx;
 use disk::Job;
 use serde::Serialize;
@@ -300,115 +300,6 @@ impl Uploads {
         };
         tracing::debug!(upload = %id, session = %actor.session_id, offset, "append");
         Ok(self.start(id.to_string(), job, stop, slot))
-    }
-
-    /// The state of upload `id`. A running append is stopped first (the draft lets the server end
-    /// it), so the offset returned is settled and the next append at it is accepted.
-    pub async fn status(&self, actor: &Actor, id: &str) -> Result<UploadInfo> {
-        actor.require(Action::Write)?;
-        loop {
-            let settled = {
-                let map = self.inner.map.lock().unwrap();
-                let up = map
-                    .get(id)
-                    .filter(|u| visible(&actor.principal, &u.owner))
-                    .ok_or_else(gone)?;
-                match &up.slot {
-                    Slot::Busy { stop, settled } => {
-                        stop.cancel();
-                        settled.clone()
-                    }
-                    _ => return Ok(up.info(id, self.inner.expiry)),
-                }
-            };
-            settled.cancelled().await;
-        }
-    }
-
-    /// The acknowledged offset of upload `id`, without waiting for a running append.
-    pub fn offset(&self, actor: &Actor, id: &str) -> Option<u64> {
-        actor.require(Action::Write).ok()?;
-        let map = self.inner.map.lock().unwrap();
-        map.get(id)
-            .filter(|u| visible(&actor.principal, &u.owner))
-            .map(|u| u.offset)
-    }
-
-    /// Cancels upload `id`: a running append is stopped and the temp file removed. A completed
-    /// upload is only forgotten; its file stays.
-    pub async fn cancel(&self, actor: &Actor, id: &str) -> Result<()> {
-        actor.require(Action::Write)?;
-        let up = loop {
-            let settled = {
-                let mut map = self.inner.map.lock().unwrap();
-                let up = map
-                    .get(id)
-                    .filter(|u| visible(&actor.principal, &u.owner))
-                    .ok_or_else(gone)?;
-                match &up.slot {
-                    Slot::Busy { stop, settled } => {
-                        stop.cancel();
-                        settled.clone()
-                    }
-                    _ => break map.remove(id).expect("just seen"),
-                }
-            };
-            settled.cancelled().await;
-        };
-        tracing::info!(upload = %id, session = %actor.session_id, path = %up.target, "upload cancelled");
-        self.drop_upload(id, up, TransferState::Cancelled, "cancelled")
-            .await;
-        Ok(())
-    }
-
-    /// Drops the uploads idle for at least `idle` (temp files removed, completed ones forgotten);
-    /// returns how many. Runs every so often with the configured expiry.
-    pub async fn expire_idle(&self, idle: Duration) -> usize {
-        self.drop_idle(idle, "expired").await
-    }
-
-    async fn drop_idle(&self, idle: Duration, why: &str) -> usize {
-        let expired: Vec<(String, Upload)> = {
-            let mut map = self.inner.map.lock().unwrap();
-            let ids: Vec<String> = map
-                .iter()
-                .filter(|(_, u)| {
-                    !matches!(u.slot, Slot::Busy { .. }) && u.touched.elapsed() >= idle
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| map.remove(&id).map(|u| (id, u)))
-                .collect()
-        };
-        let n = expired.len();
-        for (id, up) in expired {
-            self.drop_upload(&id, up, TransferState::Failed, why).await;
-        }
-        n
-    }
-
-    /// Removes an unregistered upload's temp file and records its transfer's end.
-    async fn drop_upload(&self, id: &str, up: Upload, state: TransferState, why: &str) {
-        let Slot::Idle(parked) = up.slot else {
-            return;
-        };
-        let Parked { file, mut ctx, .. } = *parked;
-        drop(file);
-        let files = self.inner.files.clone();
-        let tmp = up.tmp.clone();
-        let _ = blocking(move || {
-            files
-                .dir
-                .remove_file(tmp.as_path())
-                .map_err(|e| Error::io(e, tmp.as_str()))
-        })
-        .await;
-        ctx.size = up.length.unwrap_or(up.offset);
-        ctx.record("put", state, None, up.expected).await;
-        if why != "cancelled" {
-            tracing::info!(upload = %id, path = %up.target, reason = why, "upload dropped");
-        }
     }
 }
 
