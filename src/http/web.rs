@@ -83,30 +83,41 @@ fn authenticated(core: &Core, logins: &Logins, conn: &ConnState, headers: &Heade
     principal_of(core, logins, conn, &Method::GET, headers).is_ok_and(|p| p.role != Role::Anonymous)
 }
 
+/// The extractors a page needs to tell whether its visitor is logged in.
+type Visitor = (
+    State<Core>,
+    axum::Extension<Logins>,
+    axum::Extension<Arc<ConnState>>,
+    HeaderMap,
+);
+
+/// `body` for a logged-in visitor, else a redirect to `login`.
+fn gated(v: Visitor, body: &'static str, login: &'static str) -> Response {
+    let (State(core), axum::Extension(logins), axum::Extension(conn), headers) = v;
+    if !authenticated(&core, &logins, &conn, &headers) {
+        return Redirect::to(login).into_response();
+    }
+    page(body)
+}
+
 /// `GET /`: the UI, or a redirect to the login page.
 pub async fn index(
-    State(core): State<Core>,
-    axum::Extension(logins): axum::Extension<Logins>,
-    axum::Extension(conn): axum::Extension<Arc<ConnState>>,
+    core: State<Core>,
+    logins: axum::Extension<Logins>,
+    conn: axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
 ) -> Response {
-    if !authenticated(&core, &logins, &conn, &headers) {
-        return Redirect::to("/login").into_response();
-    }
-    page(INDEX)
+    gated((core, logins, conn, headers), INDEX, "/login")
 }
 
 /// `GET /term`: a full-window terminal, or a redirect to the login page.
 pub async fn term(
-    State(core): State<Core>,
-    axum::Extension(logins): axum::Extension<Logins>,
-    axum::Extension(conn): axum::Extension<Arc<ConnState>>,
+    core: State<Core>,
+    logins: axum::Extension<Logins>,
+    conn: axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
 ) -> Response {
-    if !authenticated(&core, &logins, &conn, &headers) {
-        return Redirect::to("/login?next=term").into_response();
-    }
-    page(TERM)
+    gated((core, logins, conn, headers), TERM, "/login?next=term")
 }
 
 /// `GET /login`: the login form.
