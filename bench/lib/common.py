@@ -131,6 +131,21 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Waits until a socket listens on `port`, without connecting (for one-shot servers)."""
+    end = time.monotonic() + timeout
+    hexport = f":{port:04X} "
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[1].endswith(hexport.strip()) and cols[3] == "0A":
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of a process in KiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -162,14 +177,14 @@ class Server:
     """A server process started for a workload, stopped (with its process group) on exit."""
 
     def __init__(self, name: str, argv: list[str], port: int, env: dict | None = None,
-                 cwd: Path | None = None, log_dir: Path | None = None):
+                 cwd: Path | None = None, log_dir: Path | None = None, probe: bool = True):
         self.name = name
         self.port = port
         out = open((log_dir or Path("/tmp")) / f"{name}.log", "ab")
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=out,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            wait_port(port, self.proc)
+            wait_port(port, self.proc) if probe else wait_listening(port, self.proc)
         except Exception:
             self.stop()
             raise
@@ -209,8 +224,8 @@ def ferry(ctx: Ctx, root: Path, *extra: str, name: str = "ferry") -> tuple[Serve
     argv = [str(ctx.ferry_bin), "serve", "--root", str(root), "--data-dir", str(data),
             "--token", TOKEN, "--tcp-addr", f"127.0.0.1:{tcp}",
             "--http-addr", f"127.0.0.1:{http}", *extra]
-    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-    srv = Server(name, argv, http, env=env, log_dir=ctx.work)
+    # Default logging: a line per session and transfer, as a user runs it.
+    srv = Server(name, argv, http, log_dir=ctx.work)
     wait_port(tcp, srv.proc)
     return srv, tcp, http
 

@@ -142,8 +142,8 @@ pub struct ExecLimits {
 pub struct Executor {
     files: Files,
     audit: Audit,
-    limits: ExecLimits,
-    sandbox: Confinement,
+    limits: Arc<ExecLimits>,
+    sandbox: Arc<Confinement>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
@@ -162,8 +162,8 @@ impl Executor {
         Executor {
             files,
             audit,
-            limits,
-            sandbox,
+            limits: Arc::new(limits),
+            sandbox: Arc::new(sandbox),
             slots,
             shutdown,
         }

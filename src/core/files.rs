@@ -41,7 +41,7 @@ pub const MAX_TRANSFERS: usize = 256;
 pub struct Files {
     pub(crate) dir: Arc<Dir>,
     transfers: Arc<tokio::sync::Semaphore>,
-    root_path: PathBuf,
+    root_path: Arc<Path>,
     pub(crate) digests: DigestCache,
     pub(crate) audit: Audit,
     pub(crate) registry: Registry,
@@ -70,7 +70,7 @@ impl Files {
         Ok(Files {
             dir: Arc::new(dir),
             transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS)),
-            root_path,
+            root_path: root_path.into(),
             digests,
             audit,
             registry,
@@ -96,7 +96,7 @@ impl Files {
     pub async fn resolve_dir(&self, raw: &str) -> Result<PathBuf> {
         let rel = RelPath::parse(raw)?;
         let dir = self.dir.clone();
-        let root = self.root_path.clone();
+        let root = self.root_path.to_path_buf();
         blocking(move || {
             let meta = dir
                 .metadata(rel.as_path())
@@ -202,6 +202,7 @@ impl Files {
                 expected_md5: None,
                 result: "deleted".to_string(),
                 started_at: now_ms(),
+                ended_at: now_ms(),
             })
             .await;
         Ok(entry)

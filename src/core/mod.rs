@@ -51,9 +51,19 @@ pub struct CoreConfig {
     pub term: TermConfig,
 }
 
-/// The shared core; cheap to clone.
+/// The shared core; cheap to clone (one reference count), its parts reached through `Deref`.
 #[derive(Clone)]
-pub struct Core {
+pub struct Core(Arc<CoreParts>);
+
+impl std::ops::Deref for Core {
+    type Target = CoreParts;
+    fn deref(&self) -> &CoreParts {
+        &self.0
+    }
+}
+
+/// What the core is made of: every transport reaches these through a [`Core`].
+pub struct CoreParts {
     /// Confined files with MD5.
     pub files: Files,
     /// The command executor.
@@ -98,7 +108,7 @@ impl Core {
         );
         let limits = cfg.exec.clone();
         let exec = Executor::new(files.clone(), audit.clone(), limits, sandbox, shutdown);
-        let core = Core {
+        let core = Core(Arc::new(CoreParts {
             files,
             exec,
             registry,
@@ -106,7 +116,7 @@ impl Core {
             auth: Auth::new(&cfg.access),
             uploads,
             term,
-        };
+        }));
         Ok((core, writer))
     }
 

@@ -154,7 +154,12 @@ async fn body(
         return Ok(Response::new(Body::empty()));
     }
     let left = len.unwrap_or(file.size() - start);
-    let stream = file.stream(start, len, CHUNK)?;
+    let mut stream = file.stream(start, len, CHUNK)?;
+    if let Some(all) = stream.take_whole() {
+        // A small file, read whole at open: headers and body leave in one write.
+        settle(&mut Sending(Some(stream))).await?;
+        return Ok(Response::new(Body::from(all)));
+    }
     let mut sending = Sending(Some(stream));
     if left == 0 {
         // No chunk will be asked for: settle now.

@@ -89,6 +89,8 @@ pub struct TransferRow {
     pub result: String,
     /// Start, unix ms.
     pub started_at: i64,
+    /// End, unix ms.
+    pub ended_at: i64,
 }
 
 /// A stored digest entry.

@@ -23,19 +23,69 @@ pub(super) enum Event {
 
 /// Writes batches until every sender is gone.
 pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>) {
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let flushing = batch.iter().any(|e| matches!(e, Event::Flush(_)));
         if let Err(e) = write_batch(&pool, &mut batch).await {
             tracing::error!(error = %e, "audit batch failed");
         }
         batch.clear();
+        if !flushing {
+            // Let rows gather: under load one wake-up and one transaction then carry many
+            // rows instead of each request waking this task and SQLite's thread.
+            tokio::time::sleep(LINGER).await;
+        }
     }
+}
+
+/// Most events written in one transaction.
+const BATCH: usize = 512;
+/// How long the writer waits after a batch before taking the next (a flush skips it).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Rows of one multi-row INSERT into `transfers` (13 columns: under SQLite's 32766 variables).
+const TRANSFER_ROWS: usize = 256;
+
+/// Writes transfer rows with one statement per [`TRANSFER_ROWS`].
+async fn insert_transfers(
+    tx: &mut sqlx::SqliteConnection,
+    rows: &mut Vec<TransferRow>,
+) -> sqlx::Result<()> {
+    for chunk in rows.chunks(TRANSFER_ROWS) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
+             md5, expected_md5, result, started_at, ended_at) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(&t.id)
+                .push_bind(&t.actor.session_id)
+                .push_bind(t.actor.transport)
+                .push_bind(&t.actor.peer)
+                .push_bind(&t.path)
+                .push_bind(t.direction)
+                .push_bind(t.size as i64)
+                .push_bind(t.bytes as i64)
+                .push_bind(&t.md5)
+                .push_bind(&t.expected_md5)
+                .push_bind(&t.result)
+                .push_bind(t.started_at)
+                .push_bind(t.ended_at);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    rows.clear();
+    Ok(())
 }
 
 async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<()> {
     let mut flushes = Vec::new();
+    let mut transfers = Vec::new();
     let mut tx = pool.begin().await?;
     for ev in batch.drain(..) {
+        // Rows keep their order: gathered transfers go in before any other event.
+        if !matches!(ev, Event::Transfer(_)) && !transfers.is_empty() {
+            insert_transfers(&mut tx, &mut transfers).await?;
+        }
         match ev {
             Event::SessionStart(a, at) => {
                 sqlx::query(
@@ -84,28 +134,7 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
                 .execute(&mut *tx)
                 .await?;
             }
-            Event::Transfer(t) => {
-                sqlx::query(
-                    "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
-                     md5, expected_md5, result, started_at, ended_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&t.id)
-                .bind(&t.actor.session_id)
-                .bind(t.actor.transport)
-                .bind(&t.actor.peer)
-                .bind(&t.path)
-                .bind(t.direction)
-                .bind(t.size as i64)
-                .bind(t.bytes as i64)
-                .bind(&t.md5)
-                .bind(&t.expected_md5)
-                .bind(&t.result)
-                .bind(t.started_at)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-            }
+            Event::Transfer(t) => transfers.push(*t),
             Event::Digest(d) => {
                 sqlx::query(
                     "INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) VALUES (?, ?, ?, ?, ?, ?)
@@ -130,6 +159,7 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
             Event::Flush(done) => flushes.push(done),
         }
     }
+    insert_transfers(&mut tx, &mut transfers).await?;
     tx.commit().await?;
     for done in flushes {
         let _ = done.send(());

@@ -1,19 +1,23 @@
 //! Downloads: streamed from a disk thread with the stored MD5; shared transfer bookkeeping.
 
 use crate::core::audit::{Actor, TransferRow, now_ms};
-use crate::core::auth::Action;
 use crate::core::digests::FileKey;
 use crate::core::error::{Error, Result};
-use crate::core::files::{Files, blocking};
-use crate::core::paths::RelPath;
+use crate::core::files::Files;
 use crate::core::registry::{CheckInfo, TransferHandle, TransferState};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 use tokio::sync::mpsc;
 
+mod open;
+
 /// Chunks buffered between the disk thread and the transport, per transfer.
 pub(crate) const QUEUE: usize = 4;
+
+/// Files up to this size are read whole when opened, on the same disk-thread hop: no reader
+/// thread, no channel.
+pub(crate) const SMALL_FILE: u64 = 64 * 1024;
 
 /// What a `get` announces before its data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,11 +49,19 @@ enum Chunk {
     Failed(Error),
 }
 
+/// Where a download's chunks come from.
+enum Source {
+    /// The disk thread, chunk by chunk.
+    Disk(mpsc::Receiver<Chunk>),
+    /// A small file read whole when it was opened: its chunks, then the end.
+    Ready(std::vec::IntoIter<Chunk>),
+}
+
 /// A download in progress: pull chunks, then `finish`.
 pub struct GetStream {
     /// What was announced.
     pub header: GetHeader,
-    rx: mpsc::Receiver<Chunk>,
+    source: Source,
     end: Option<bool>,
     sent: u64,
     want: u64,
@@ -126,6 +138,7 @@ impl TransferCtx {
                 expected_md5: expected,
                 result: result.to_string(),
                 started_at: self.started_at,
+                ended_at: now_ms(),
             })
             .await;
     }
@@ -142,7 +155,11 @@ impl GetStream {
         if self.end.is_some() {
             return Ok(None);
         }
-        match self.rx.recv().await {
+        let next = match &mut self.source {
+            Source::Disk(rx) => rx.recv().await,
+            Source::Ready(chunks) => chunks.next(),
+        };
+        match next {
             Some(Chunk::Data(b)) => {
                 self.sent += b.len() as u64;
                 if let Some(h) = &self.ctx.handle {
@@ -157,6 +174,31 @@ impl GetStream {
             Some(Chunk::Failed(e)) => Err(e),
             None => Err(Error::internal("get reader ended early")),
         }
+    }
+
+    /// All the data at once, when the file was small enough to be read whole at open and fits
+    /// one chunk; the stream is then at its end (call `finish`).
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        let Source::Ready(chunks) = &mut self.source else {
+            return None;
+        };
+        match chunks.as_slice() {
+            [Chunk::Data(_), Chunk::End { .. }] | [Chunk::End { .. }] => {}
+            _ => return None,
+        }
+        let data = match chunks.next() {
+            Some(Chunk::Data(b)) => {
+                chunks.next();
+                b
+            }
+            _ => Bytes::new(),
+        };
+        self.sent += data.len() as u64;
+        if let Some(h) = &self.ctx.handle {
+            h.progress(data.len() as u64);
+        }
+        self.end = Some(false);
+        Some(data)
     }
 
     /// Ends the transfer after the last chunk; records it.
@@ -199,6 +241,8 @@ pub struct GetFile {
     path: String,
     file: std::fs::File,
     key: FileKey,
+    /// The whole content of a small file, read at open (`None` if it changed meanwhile).
+    small: Option<Bytes>,
     /// The whole file's MD5 hex.
     pub md5: String,
 }
@@ -229,14 +273,28 @@ impl GetFile {
             )));
         }
         let want = len.unwrap_or(size - offset).min(size - offset);
-        let (tx, rx) = mpsc::channel(QUEUE);
         let key = self.key;
-        let file = self.file;
-        let slot = self.files.transfer_slot()?;
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            read_loop(file, key, offset, want, chunk.max(1), tx)
-        });
+        let source = match self.small {
+            Some(all) => {
+                let part = all.slice(offset as usize..(offset + want) as usize);
+                let mut chunks: Vec<Chunk> = (0..part.len())
+                    .step_by(chunk.max(1))
+                    .map(|at| Chunk::Data(part.slice(at..part.len().min(at + chunk.max(1)))))
+                    .collect();
+                chunks.push(Chunk::End { changed: false });
+                Source::Ready(chunks.into_iter())
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let file = self.file;
+                let slot = self.files.transfer_slot()?;
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    read_loop(file, key, offset, want, chunk.max(1), tx)
+                });
+                Source::Disk(rx)
+            }
+        };
         let handle = self
             .files
             .registry
@@ -248,7 +306,7 @@ impl GetFile {
                 offset,
                 mtime: key.mtime_ns / 1_000_000,
             },
-            rx,
+            source,
             end: None,
             sent: 0,
             want,
@@ -270,75 +328,6 @@ pub enum Opened {
     File(Box<GetFile>),
     /// A directory, listed.
     Dir(Vec<crate::core::files::Entry>),
-}
-
-impl Files {
-    /// Opens `raw` for download, or lists it when it is a directory.
-    pub async fn open_path(&self, actor: &Actor, raw: &str) -> Result<Opened> {
-        match self.open_inner(actor, raw).await? {
-            Some(f) => Ok(Opened::File(Box::new(f))),
-            None => Ok(Opened::Dir(self.list(actor, raw).await?)),
-        }
-    }
-
-    /// Opens `raw` for download: confined, regular files only, with the stored (or computed) MD5.
-    pub async fn open_get(&self, actor: &Actor, raw: &str) -> Result<GetFile> {
-        self.open_inner(actor, raw)
-            .await?
-            .ok_or_else(|| Error::bad_request(format!("{}: is a directory", raw.trim_matches('/'))))
-    }
-
-    async fn open_inner(&self, actor: &Actor, raw: &str) -> Result<Option<GetFile>> {
-        actor.require(Action::Download)?;
-        let rel = RelPath::parse(raw)?;
-        let this = self.clone();
-        let rel2 = rel.clone();
-        let opened = blocking(move || {
-            let rel = rel2;
-            // Non-blocking open, so a FIFO or device cannot hang the open; non-regular files
-            // are refused below (and O_NONBLOCK changes nothing for a regular file's reads).
-            let mut opts = cap_std::fs::OpenOptions::new();
-            opts.read(true);
-            cap_std::fs::OpenOptionsExt::custom_flags(
-                &mut opts,
-                rustix::fs::OFlags::NONBLOCK.bits() as i32,
-            );
-            let file = this
-                .dir
-                .open_with(rel.as_path(), &opts)
-                .map_err(|e| Error::io(e, rel.as_str()))?
-                .into_std();
-            let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
-            if meta.is_dir() {
-                return Ok(None);
-            }
-            if !meta.is_file() {
-                return Err(Error::bad_request(format!("{rel}: not a regular file")));
-            }
-            let (key, md5) = this.digest_of(&rel, &file)?;
-            Ok(Some((file, key, md5)))
-        })
-        .await?;
-        Ok(opened.map(|(file, key, md5)| GetFile {
-            files: self.clone(),
-            actor: actor.clone(),
-            path: rel.as_str().to_string(),
-            file,
-            key,
-            md5,
-        }))
-    }
-
-    /// Opens `raw` for download from `offset`, with chunks of at most `chunk` bytes.
-    pub async fn get(
-        &self,
-        actor: &Actor,
-        raw: &str,
-        offset: u64,
-        chunk: usize,
-    ) -> Result<GetStream> {
-        self.open_get(actor, raw).await?.stream(offset, None, chunk)
-    }
 }
 
 fn read_loop(

@@ -2,7 +2,7 @@
 
 use crate::core::audit::{Actor, now_ms};
 use crate::core::auth::Action;
-use crate::core::checksum::{Md5Stream, is_md5_hex};
+use crate::core::checksum::is_md5_hex;
 use crate::core::digests::FileKey;
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, TEMP_MARKER, blocking};
@@ -11,10 +11,12 @@ use crate::core::registry::{TransferState, new_id};
 use crate::core::transfer::{QUEUE, TransferCtx};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
+
+mod write;
+use write::write_and_verify;
 
 impl Files {
     /// Starts an upload to `raw` of exactly `size` bytes (any number if `None`), verified against
@@ -286,61 +288,6 @@ pub(crate) fn commit_file(
         size: key.size,
         created,
     })
-}
-
-/// Hashes on one thread while writing on this one; checks size and MD5; fsyncs. Returns the MD5
-/// of the received bytes whenever all of them arrived.
-fn write_and_verify(
-    file: std::fs::File,
-    mut rx: mpsc::Receiver<Bytes>,
-    size: Option<u64>,
-    expected: Option<&str>,
-    commit: &AtomicBool,
-) -> (Result<std::fs::File>, Option<String>) {
-    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE * 2);
-    let hasher = std::thread::spawn(move || {
-        let mut md5 = Md5Stream::new();
-        for chunk in hrx {
-            md5.update(&chunk);
-        }
-        md5
-    });
-    let mut file = file;
-    let mut written = 0u64;
-    while let Some(chunk) = rx.blocking_recv() {
-        let _ = htx.send(chunk.clone());
-        if let Err(e) = file.write_all(&chunk) {
-            return (Err(Error::internal(e)), None);
-        }
-        written += chunk.len() as u64;
-    }
-    drop(htx);
-    let Ok(md5) = hasher.join() else {
-        return (Err(Error::internal("hasher panicked")), None);
-    };
-    if !commit.load(Ordering::SeqCst) {
-        return (Err(Error::new(Code::Cancelled, "upload abandoned")), None);
-    }
-    if let Some(size) = size
-        && written != size
-    {
-        let e = Error::bad_request(format!("upload ended after {written} of {size} bytes"));
-        return (Err(e), None);
-    }
-    let actual = md5.hex();
-    if let Some(exp) = expected
-        && !exp.eq_ignore_ascii_case(&actual)
-    {
-        let e = Error::new(
-            Code::ChecksumMismatch,
-            format!(
-                "MD5 mismatch: expected {exp}, received bytes have {actual}; nothing was written"
-            ),
-        );
-        return (Err(e), Some(actual));
-    }
-    let r = file.sync_all().map(|_| file).map_err(Error::internal);
-    (r, Some(actual))
 }
 
 /// A temp file just made for an upload that no upload holds yet: removed if dropped before

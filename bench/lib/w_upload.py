@@ -1,0 +1,136 @@
+"""Uploads of 1 GiB verified by MD5, over TCP and HTTP, against md5sum of the same bytes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import mmap
+import socket
+import struct
+import time
+
+import peers
+from common import TOKEN, Ctx, Goal, Row, ferry, log, make_file, median, warm
+from common import run as sh
+from ferryproto import DATA, END, ERROR, HELLO, REQUEST, WELCOME, WINDOW, frame
+
+CHUNK = 256 * 1024
+
+
+def md5_of(path) -> str:
+    """The file's MD5 hex (computed once, before any timing)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+def timed(argv: list[str]) -> float:
+    """Wall time of a command, in seconds."""
+    start = time.perf_counter()
+    sh(argv)
+    return time.perf_counter() - start
+
+
+def read_frame(s: socket.socket, buf: bytearray) -> tuple[int, int, bytes]:
+    """The next frame from `s`, with `buf` holding what was read past the previous one."""
+    while len(buf) < 9 or len(buf) < 4 + struct.unpack_from(">I", buf)[0]:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError("connection closed during put")
+        buf += chunk
+    length, kind, stream = struct.unpack_from(">IBI", buf)
+    payload = bytes(buf[9 : 4 + length])
+    del buf[: 4 + length]
+    return kind, stream, payload
+
+
+def tcp_put(port: int, path, name: str, md5: str) -> float:
+    """Uploads a file over the framed protocol with its MD5 known beforehand (as from a
+    manifest): the server hashes and verifies while it receives; MB/s up to its End."""
+    size = path.stat().st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        data = memoryview(m)
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        s.sendall(frame(HELLO, 0, json.dumps({"version": 1, "token": TOKEN}).encode()))
+        kind, _, welcome = read_frame(s, buf)
+        if kind != WELCOME:
+            raise RuntimeError(welcome.decode())
+        limits = json.loads(welcome)["limits"]
+        window = limits["window"]
+        chunk = min(CHUNK, limits["max_frame"] - 5)
+        start = time.perf_counter()
+        req = {"op": "put", "path": name, "size": size, "md5": md5}
+        s.sendall(frame(REQUEST, 1, json.dumps(req).encode()))
+        sent = 0
+        head = struct.Struct(">IBI")
+        while True:
+            while sent < size and window > 0:
+                n = min(chunk, window, size - sent)
+                s.sendall(head.pack(5 + n, DATA, 1))
+                s.sendall(data[sent : sent + n])
+                sent += n
+                window -= n
+            kind, _, payload = read_frame(s, buf)
+            if kind == WINDOW:
+                window += struct.unpack(">I", payload)[0]
+            elif kind == END:
+                break
+            elif kind == ERROR:
+                raise RuntimeError(payload.decode())
+        took = time.perf_counter() - start
+        del data
+        s.close()
+    return size / took / 1e6
+
+
+def run(ctx: Ctx) -> list[Row]:
+    """The upload rows."""
+    root = ctx.work / "upload-root"
+    src = make_file(ctx.work / "upload-src" / "big.bin", ctx.size(1 << 30, 64 << 20))
+    size = src.stat().st_size
+    warm(src)
+    md5 = md5_of(src)
+    b64 = base64.b64encode(bytes.fromhex(md5)).decode()
+    srv, tcp, http = ferry(ctx, root, name="ferry-upload")
+    (ctx.work / "dufs-upload-root").mkdir(exist_ok=True)
+    dufs = peers.dufs(ctx, ctx.work / "dufs-upload-root", upload=True)
+    f: dict[str, list[float]] = {"md5sum": [], "tcp": [], "http": [], "cli": [], "dufs": []}
+    try:
+        for i in range(ctx.runs):
+            f["md5sum"].append(size / timed(["md5sum", str(src)]) / 1e6)
+            f["tcp"].append(tcp_put(tcp, src, f"tcp-{i}.bin", md5))
+            t = timed(["curl", "-sS", "-f", "-o", "/dev/null", "-T", str(src),
+                       "-H", f"Authorization: Bearer {TOKEN}", "-H", f"Content-MD5: {b64}",
+                       f"http://127.0.0.1:{http}/files/http-{i}.bin"])
+            f["http"].append(size / t / 1e6)
+            t = timed([str(ctx.ferry_bin), "put", "--addr", f"127.0.0.1:{tcp}", "--token", TOKEN,
+                       str(src), f"cli-{i}.bin"])
+            f["cli"].append(size / t / 1e6)
+            if dufs:
+                t = timed(["curl", "-sS", "-f", "-o", "/dev/null", "-T", str(src),
+                           f"http://127.0.0.1:{dufs.port}/dufs-{i}.bin"])
+                f["dufs"].append(size / t / 1e6)
+            log(f"upload run {i + 1}: " + ", ".join(f"{k} {v[-1]:.0f} MB/s"
+                                                   for k, v in f.items() if v))
+    finally:
+        srv.stop()
+        if dufs:
+            dufs.stop()
+    for p in list(root.glob("*.bin")) + list((ctx.work / "dufs-upload-root").glob("*.bin")):
+        p.unlink()
+    label = "1 GiB" if not ctx.quick else f"{size >> 20} MiB"
+    peer = lambda: {"md5sum": median(f["md5sum"]), "dufs (verifies nothing)": median(f["dufs"])}
+    return [
+        Row("Upload", f"TCP put {label}, MD5 verified by the server", "MB/s", median(f["tcp"]),
+            peer(), [Goal("md5sum", 0.9)],
+            note="MD5 known beforehand; timed from the request to the server's End"),
+        Row("Upload", f"HTTP PUT {label}, Content-MD5 verified", "MB/s", median(f["http"]),
+            peer(), [Goal("md5sum", 0.9)], note="curl -T with a Content-MD5 header"),
+        Row("Upload", f"`ferry put` {label}, end to end", "MB/s", median(f["cli"]),
+            peer(), [], note="the CLI hashes the file first, then sends it: two passes"),
+    ]

@@ -1,0 +1,145 @@
+//! Opening a file for download: confined, regular files only, with the stored (or computed)
+//! MD5; small files are read whole at open.
+
+use super::{GetFile, GetStream, Opened, SMALL_FILE};
+use crate::core::audit::Actor;
+use crate::core::auth::Action;
+use crate::core::digests::FileKey;
+use crate::core::error::{Error, Result};
+use crate::core::files::{Files, blocking};
+use crate::core::paths::RelPath;
+use bytes::Bytes;
+use std::io::{Read, Seek, SeekFrom};
+
+/// An opened file: handle, key, MD5 and, for a small file, its content.
+type Opening = (std::fs::File, FileKey, String, Option<Bytes>);
+
+impl Files {
+    /// Opens `raw` for download, or lists it when it is a directory.
+    pub async fn open_path(&self, actor: &Actor, raw: &str) -> Result<Opened> {
+        match self.open_inner(actor, raw).await? {
+            Some(f) => Ok(Opened::File(Box::new(f))),
+            None => Ok(Opened::Dir(self.list(actor, raw).await?)),
+        }
+    }
+
+    /// Opens `raw` for download: confined, regular files only, with the stored (or computed) MD5.
+    pub async fn open_get(&self, actor: &Actor, raw: &str) -> Result<GetFile> {
+        self.open_inner(actor, raw)
+            .await?
+            .ok_or_else(|| Error::bad_request(format!("{}: is a directory", raw.trim_matches('/'))))
+    }
+
+    async fn open_inner(&self, actor: &Actor, raw: &str) -> Result<Option<GetFile>> {
+        actor.require(Action::Download)?;
+        let rel = RelPath::parse(raw)?;
+        let opened = match self.open_fast(&rel) {
+            Some(done) => Some(done),
+            None => self.open_slow(rel.clone()).await?,
+        };
+        Ok(opened.map(|(file, key, md5, small)| GetFile {
+            files: self.clone(),
+            actor: actor.clone(),
+            path: rel.as_str().to_string(),
+            file,
+            key,
+            small,
+            md5,
+        }))
+    }
+
+    /// Opens a file whose digest is known without leaving the async thread: open, fstat and,
+    /// for a small file, a read that takes only pages already in memory (`RWF_NOWAIT`).
+    /// `None` when any step would need the disk thread (or fails: that path reports it).
+    fn open_fast(&self, rel: &RelPath) -> Option<Opening> {
+        let file = open_file(self, rel).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let key = FileKey::of(&meta);
+        let md5 = self.digests.lookup(rel.as_str(), key)?;
+        let small = match key.size <= SMALL_FILE {
+            true => Some(read_cached(&file, key)?),
+            false => None,
+        };
+        Some((file, key, md5, small))
+    }
+
+    /// Opens on the disk thread, hashing the file if its digest is not stored.
+    async fn open_slow(&self, rel: RelPath) -> Result<Option<Opening>> {
+        let this = self.clone();
+        blocking(move || {
+            let file = open_file(&this, &rel)?;
+            let meta = file.metadata().map_err(|e| Error::io(e, rel.as_str()))?;
+            if meta.is_dir() {
+                return Ok(None);
+            }
+            if !meta.is_file() {
+                return Err(Error::bad_request(format!("{rel}: not a regular file")));
+            }
+            let (key, md5) = this.digest_of(&rel, &file)?;
+            let small = (key.size <= SMALL_FILE)
+                .then(|| read_small(&file, key))
+                .flatten();
+            Ok(Some((file, key, md5, small)))
+        })
+        .await
+    }
+
+    /// Opens `raw` for download from `offset`, with chunks of at most `chunk` bytes.
+    pub async fn get(
+        &self,
+        actor: &Actor,
+        raw: &str,
+        offset: u64,
+        chunk: usize,
+    ) -> Result<GetStream> {
+        self.open_get(actor, raw).await?.stream(offset, None, chunk)
+    }
+}
+
+/// Opens `rel` under the root without following it out, non-blocking so that a FIFO or a
+/// device cannot hang the open (O_NONBLOCK changes nothing for a regular file's reads).
+fn open_file(files: &Files, rel: &RelPath) -> Result<std::fs::File> {
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true);
+    cap_std::fs::OpenOptionsExt::custom_flags(
+        &mut opts,
+        rustix::fs::OFlags::NONBLOCK.bits() as i32,
+    );
+    Ok(files
+        .dir
+        .open_with(rel.as_path(), &opts)
+        .map_err(|e| Error::io(e, rel.as_str()))?
+        .into_std())
+}
+
+/// A small file's whole content if every page of it is in memory and it still matches `key`
+/// once read; `None` sends the open to the disk thread.
+fn read_cached(file: &std::fs::File, key: FileKey) -> Option<Bytes> {
+    use rustix::io::{ReadWriteFlags, preadv2};
+    let mut buf = vec![0u8; key.size as usize + 1];
+    let mut got = 0;
+    while got < buf.len() {
+        let mut part = [std::io::IoSliceMut::new(&mut buf[got..])];
+        match preadv2(file, &mut part, got as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(got);
+    let same = got as u64 == key.size && FileKey::of(&file.metadata().ok()?) == key;
+    same.then(|| Bytes::from(buf))
+}
+
+/// A small file's whole content, if it still matches `key` once read (else the caller streams
+/// it and reports the change as any download does).
+fn read_small(file: &std::fs::File, key: FileKey) -> Option<Bytes> {
+    let mut buf = Vec::with_capacity(key.size as usize + 1);
+    (&mut &*file).seek(SeekFrom::Start(0)).ok()?;
+    file.take(key.size + 1).read_to_end(&mut buf).ok()?;
+    let same = buf.len() as u64 == key.size && FileKey::of(&file.metadata().ok()?) == key;
+    same.then(|| Bytes::from(buf))
+}
