@@ -115,10 +115,15 @@ impl<S: Send + Sync> FromRequestParts<S> for AnnouncedBody {
 /// An error answer to a request with a body also says `Connection: close`: the body may be
 /// unread (refused token, path or size), and hyper then closes the connection right after the
 /// answer. Without the header a client keeps the connection for its next request, which fails.
-pub async fn json_errors(
+pub async fn json_errors<B>(
     AnnouncedBody(had_body): AnnouncedBody,
-    resp: axum::response::Response,
-) -> axum::response::Response {
+    resp: axum::http::Response<B>,
+) -> axum::response::Response
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let resp = resp.map(axum::body::Body::new);
     let status = resp.status();
     let failed = status.is_client_error() || status.is_server_error();
     let mut resp = rewrite(resp).await;

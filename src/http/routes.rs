@@ -145,27 +145,34 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     // (downloads, NDJSON, events) are bounded by the core's transfer and exec limits instead.
     let slots = Arc::new(Semaphore::new(cfg.max_requests.max(1)));
     let overload = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+        .layer(HandleErrorLayer::<_, ()>::new(|_: tower::BoxError| async {
             ApiError::new(Code::Busy, "too many requests at once; retry shortly").into_response()
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(slots));
-    authed
+    let inner = authed
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
-        .layer(axum::Extension(shutdown))
-        .layer(axum::Extension(logins))
-        .layer(axum::Extension(term::AllowedOrigins(Arc::new(
-            cfg.allowed_origins.clone(),
-        ))))
-        .layer(DefaultBodyLimit::max(16 << 20))
+        .with_state(core);
+    // The layers wrap the whole router once: `Router::layer` would wrap every route on its
+    // own, and each request would then clone and box the stack of its route, layer by layer.
+    let stack = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(overload)
+        .layer(axum::middleware::map_response(
+            error::json_errors::<tower_http::limit::ResponseBody<axum::body::Body>>,
+        ))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
         ))
-        .layer(axum::middleware::map_response(error::json_errors))
-        .layer(overload)
-        .layer(TraceLayer::new_for_http())
-        .with_state(core)
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(axum::Extension(term::AllowedOrigins(Arc::new(
+            cfg.allowed_origins.clone(),
+        ))))
+        .layer(axum::Extension(logins))
+        .layer(axum::Extension(shutdown))
+        .service(inner);
+    Router::new().fallback_service(stack)
 }
 
 #[cfg(test)]

@@ -43,15 +43,20 @@ const BATCH: usize = 512;
 /// How long the writer waits after a batch before taking the next (a flush skips it).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Rows of one multi-row INSERT into `transfers` (13 columns: under SQLite's 32766 variables).
-const TRANSFER_ROWS: usize = 256;
+/// Most rows of one multi-row INSERT into `transfers`.
+const TRANSFER_ROWS: usize = 64;
 
-/// Writes transfer rows with one statement per [`TRANSFER_ROWS`].
+/// Writes transfer rows with few statements: chunks of 64, 32, ... 1 rows, so that at most seven
+/// statement shapes are ever prepared and cached.
 async fn insert_transfers(
     tx: &mut sqlx::SqliteConnection,
     rows: &mut Vec<TransferRow>,
 ) -> sqlx::Result<()> {
-    for chunk in rows.chunks(TRANSFER_ROWS) {
+    let mut rest = &rows[..];
+    while !rest.is_empty() {
+        let n = 1 << rest.len().min(TRANSFER_ROWS).ilog2();
+        let (chunk, after) = rest.split_at(n);
+        rest = after;
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
              md5, expected_md5, result, started_at, ended_at) ",

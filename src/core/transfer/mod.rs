@@ -123,7 +123,7 @@ impl TransferCtx {
                 at: now_ms(),
             });
         }
-        tracing::info!(transfer = %id, session = %self.actor.session_id, path = %self.path, direction,
+        tracing::debug!(transfer = %id, session = %self.actor.session_id, path = %self.path, direction,
             bytes, size = self.size, md5 = md5.as_deref().unwrap_or("-"), result, "transfer");
         self.files
             .audit
