@@ -76,7 +76,7 @@ async def echo(term, keys: int) -> list[float]:
         await term.send(key)
         await until(term, key.encode())
         times.append((time.perf_counter_ns() - t0) / 1e6)
-    await term.send("\x03")  # ends cat
+    await term.send("\r\x04")  # ends cat (end of file), so that the shell reads on
     return times
 
 
