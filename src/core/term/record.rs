@@ -229,9 +229,12 @@ fn utf8_prefix(pending: &mut Vec<u8>) -> String {
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
         _ => pending.len(),
     };
-    let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
-    pending.drain(..cut);
-    text
+    let rest = pending.split_off(cut);
+    // Valid text (the usual case) moves into the String without a copy or a second pass.
+    match String::from_utf8(std::mem::replace(pending, rest)) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
 /// A recording as the API lists it.
@@ -312,6 +315,10 @@ mod tests {
         assert_eq!(utf8_prefix(&mut p), "h");
         p.push("é".as_bytes()[1]);
         assert_eq!(utf8_prefix(&mut p), "é");
+        assert!(p.is_empty());
+        // An invalid byte becomes U+FFFD; the text around it stays.
+        let mut p = b"a\xffb".to_vec();
+        assert_eq!(utf8_prefix(&mut p), "a\u{fffd}b");
         assert!(p.is_empty());
     }
 }
