@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -101,7 +102,8 @@ async def session(open_term, server: Server | None, n: int, keys: int) -> dict:
 def empty_home(ctx: Ctx):
     """HOME set to an empty folder while servers start: their shells read no rc files."""
     home = ctx.work / "term-home"
-    home.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(home, ignore_errors=True)  # the last shells' history, too
+    home.mkdir(parents=True)
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
     try:
