@@ -81,7 +81,10 @@ pub async fn ws(
         }
     };
     // Keystrokes and control messages are small; a client cannot make the server hold more.
+    // A small read buffer: tungstenite zero-fills its free part before every read, and the
+    // socket is polled after every output message.
     Ok(upgrade
+        .read_buffer_size(8 << 10)
         .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
         .on_upgrade(move |socket| run(socket, attachment)))
@@ -191,16 +194,20 @@ async fn run(mut socket: WebSocket, mut att: Attachment) {
                     return;
                 }
             }
-            r = feed(&input, pending.clone()) => {
-                pending = None;
-                if let Err(e) = r
-                    && e.code == Code::BadRequest
-                    && socket.send(error_msg(&e)).await.is_err()
-                {
-                    return;
+            r = feed(&input, pending.clone()) => match r {
+                // Keystrokes the terminal did not take yet wait for their turn.
+                Ok(n) => pending = match pending.take() {
+                    Some(Input::Bytes(b)) if n < b.len() => Some(Input::Bytes(b.slice(n..))),
+                    _ => None,
+                },
+                Err(e) => {
+                    pending = None;
+                    if e.code == Code::BadRequest && socket.send(error_msg(&e)).await.is_err() {
+                        return;
+                    }
+                    // Otherwise the shell is gone and its exit message follows from `next`.
                 }
-                // Otherwise the shell is gone and its exit message follows from `next`.
-            }
+            },
             msg = socket.recv(), if pending.is_none() => match msg {
                 Some(Ok(Message::Binary(bytes))) => pending = Some(Input::Bytes(bytes)),
                 Some(Ok(Message::Text(text))) if ack_of(&text).is_some() => {
@@ -242,10 +249,12 @@ pub fn ack_of(text: &str) -> Option<u64> {
         .map(|a| a.seq)
 }
 
-/// Sends `input` to the shell; with nothing to send, never completes.
-async fn feed(sender: &InputSender, input: Option<Input>) -> Result<()> {
+/// Writes `input` to the shell (the bytes it took, 0 for a resize); with nothing to write,
+/// never completes. Cancel-safe.
+async fn feed(sender: &InputSender, input: Option<Input>) -> Result<usize> {
     match input {
-        Some(i) => sender.send(i).await,
+        Some(Input::Bytes(b)) => sender.write(&b).await,
+        Some(Input::Resize(size)) => sender.resize(size).map(|()| 0),
         None => std::future::pending().await,
     }
 }

@@ -20,12 +20,12 @@ use crate::core::files::Files;
 use crate::core::registry::SessionGuard;
 use crate::core::sandbox::{Confinement, open_pty, spawn_lock};
 use record::Recorder;
-use session::{Session, State, read_loop, write_loop};
+use session::{PtyInput, Session, State, read_loop};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -247,8 +247,9 @@ impl Terminals {
         } else {
             (None, None)
         };
-        let (input_tx, input_rx) = mpsc::channel(8);
         let (changed, _) = watch::channel(0u64);
+        let (lifecycle, _) = watch::channel(0u64);
+        let (read_half, write_half) = pty.into_split();
         let session = Arc::new(Session {
             id: id.clone(),
             state: Mutex::new(State {
@@ -263,7 +264,11 @@ impl Terminals {
                 paused: false,
             }),
             changed,
-            input: input_tx,
+            lifecycle,
+            input: Mutex::new(Some(PtyInput {
+                pty: write_half,
+                recorder: recorder.clone(),
+            })),
             cancel: inner.shutdown.child_token(),
             counters: guard.counters.clone(),
             grace: inner.cfg.grace,
@@ -277,19 +282,14 @@ impl Terminals {
                 owner: actor.user().to_string(),
             },
         );
-        let (read_half, write_half) = pty.into_split();
         let reader = inner
             .tasks
-            .spawn(read_loop(session.clone(), read_half, recorder.clone()));
-        let writer = inner
-            .tasks
-            .spawn(write_loop(write_half, input_rx, recorder));
+            .spawn(read_loop(session.clone(), read_half, recorder));
         let this = self.clone();
         let s2 = session.clone();
         inner.tasks.spawn(async move {
             let tasks = Tasks {
                 reader,
-                writer,
                 recorder: rec_task,
             };
             this.supervise(s2, child, tasks, actor, guard, started)
@@ -330,7 +330,7 @@ impl Terminals {
         st.last_active = Instant::now();
         let generation = st.generation;
         drop(st);
-        session.bump();
+        session.bump_lifecycle();
         let rx = session.changed.subscribe();
         Ok(Attachment {
             session,
@@ -372,6 +372,5 @@ impl Terminals {
 /// The tasks of one session besides its supervisor.
 struct Tasks {
     reader: tokio::task::JoinHandle<()>,
-    writer: tokio::task::JoinHandle<()>,
     recorder: Option<tokio::task::JoinHandle<()>>,
 }

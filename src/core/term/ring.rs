@@ -50,12 +50,15 @@ impl Ring {
 
     /// Appends output, dropping the oldest bytes beyond the capacity.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend(bytes);
-        let over = self.buf.len().saturating_sub(self.cap);
+        // Room is made before the bytes go in, so the buffer never grows past its capacity
+        // (a VecDeque that overflows doubles its allocation).
+        let keep = &bytes[bytes.len().saturating_sub(self.cap)..];
+        let over = (self.buf.len() + keep.len()).saturating_sub(self.cap);
         if over > 0 {
             self.buf.drain(..over);
-            self.start += over as u64;
         }
+        self.start += (bytes.len() - keep.len() + over) as u64;
+        self.buf.extend(keep);
     }
 
     /// At most `max` bytes from offset `seq` on. An offset past the end reads as empty.
@@ -68,7 +71,15 @@ impl Ring {
             return Slice::Data(Vec::new());
         }
         let to = self.buf.len().min(from.saturating_add(max));
-        Slice::Data(self.buf.range(from..to).copied().collect())
+        let (a, b) = self.buf.as_slices();
+        let mut out = Vec::with_capacity(to - from);
+        if from < a.len() {
+            out.extend_from_slice(&a[from..to.min(a.len())]);
+        }
+        if to > a.len() {
+            out.extend_from_slice(&b[from.saturating_sub(a.len())..to - a.len()]);
+        }
+        Slice::Data(out)
     }
 }
 
@@ -86,5 +97,19 @@ mod tests {
         assert_eq!(r.read(1, 10), Slice::Lost { oldest: 2 });
         assert_eq!(r.read(3, 2), Slice::Data(b"de".to_vec()));
         assert_eq!(r.read(6, 2), Slice::Data(Vec::new()));
+        // More than the capacity at once: only its newest bytes are kept.
+        r.push(b"ghijkl");
+        assert_eq!((r.oldest(), r.end(), r.held()), (8, 12, 4));
+        assert_eq!(r.read(8, 10), Slice::Data(b"ijkl".to_vec()));
+    }
+
+    #[test]
+    fn never_allocates_past_its_capacity() {
+        let mut r = Ring::new(1 << 16);
+        for _ in 0..40 {
+            r.push(&[7u8; 5000]);
+        }
+        assert_eq!(r.held(), 1 << 16);
+        assert!(r.buf.capacity() < 1 << 17, "{}", r.buf.capacity());
     }
 }

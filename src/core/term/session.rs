@@ -8,8 +8,8 @@ use crate::core::term::{TermSize, WINDOW};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,11 +55,21 @@ pub(super) struct Session {
     pub state: Mutex<State>,
     /// Bumped on every change of `state` that someone may wait for.
     pub changed: watch::Sender<u64>,
-    pub input: mpsc::Sender<Input>,
+    /// Bumped when a client attaches or detaches (the timers' business, not every output's).
+    pub lifecycle: watch::Sender<u64>,
+    /// The PTY's writing side, written by the attached client's task itself (no task hop per
+    /// keystroke); gone once the shell has ended.
+    pub input: Mutex<Option<PtyInput>>,
     pub cancel: CancellationToken,
     pub counters: Arc<SessionCounters>,
     pub grace: Duration,
     pub idle: Duration,
+}
+
+/// The writing side of a session's PTY, with the recording of its resizes.
+pub(super) struct PtyInput {
+    pub pty: pty_process::OwnedWritePty,
+    pub recorder: Option<Recorder>,
 }
 
 impl Session {
@@ -67,10 +77,23 @@ impl Session {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Signals an attach or a detach (and bumps `changed` too).
+    pub fn bump_lifecycle(&self) {
+        self.lifecycle.send_modify(|v| *v = v.wrapping_add(1));
+        self.bump();
+    }
+
+    /// Drops the PTY's writing side: the shell has ended.
+    pub fn close_input(&self) {
+        self.input.lock().unwrap().take();
+    }
+
     /// Returns when the session has been detached longer than its grace period, or idle
     /// (no input, output or attachment) longer than its idle timeout.
     pub async fn expired(&self) {
-        let mut rx = self.changed.subscribe();
+        // Output and input only move the deadline later: checked when it comes, they need not
+        // wake this task each time.
+        let mut rx = self.lifecycle.subscribe();
         loop {
             rx.borrow_and_update();
             let deadline = {
@@ -210,23 +233,42 @@ pub struct InputSender {
 }
 
 impl InputSender {
-    /// Sends keystrokes or a resize (1 to 1000 columns and rows) to the shell; waits while the
-    /// shell does not read. Cancel-safe: if cancelled, nothing was sent.
-    pub async fn send(&self, input: Input) -> Result<()> {
-        if let Input::Resize(size) = &input {
-            size.check()?;
+    /// Writes keystrokes to the shell: as many of `bytes` as the terminal takes at once (all of
+    /// them, unless its input queue is full), waiting while it takes none. Cancel-safe: if
+    /// cancelled, nothing was written.
+    pub async fn write(&self, bytes: &[u8]) -> Result<usize> {
+        if bytes.is_empty() {
+            return Ok(0);
         }
-        let n = match &input {
-            Input::Bytes(b) => b.len() as u64,
-            Input::Resize(_) => 0,
-        };
+        let gone = || Error::new(Code::Conflict, "the shell has ended");
+        let n = std::future::poll_fn(|cx| {
+            let mut input = self.session.input.lock().unwrap();
+            match input.as_mut() {
+                Some(i) => std::pin::Pin::new(&mut i.pty).poll_write(cx, bytes),
+                None => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            }
+        })
+        .await
+        .map_err(|_| gone())?;
         self.session.state.lock().unwrap().last_active = Instant::now();
-        self.session
-            .input
-            .send(input)
-            .await
-            .map_err(|_| Error::new(Code::Conflict, "the shell has ended"))?;
-        self.session.counters.add_in(n);
+        self.session.counters.add_in(n as u64);
+        Ok(n)
+    }
+
+    /// Resizes the terminal (1 to 1000 columns and rows).
+    pub fn resize(&self, size: TermSize) -> Result<()> {
+        size.check()?;
+        self.session.state.lock().unwrap().last_active = Instant::now();
+        let input = self.session.input.lock().unwrap();
+        let input = input
+            .as_ref()
+            .ok_or_else(|| Error::new(Code::Conflict, "the shell has ended"))?;
+        let _ = input
+            .pty
+            .resize(pty_process::Size::new(size.rows, size.cols));
+        if let Some(r) = &input.recorder {
+            r.resize(size.cols, size.rows);
+        }
         Ok(())
     }
 }
@@ -238,7 +280,7 @@ impl Drop for Attachment {
             st.attached = false;
             st.detached_at = Some(Instant::now());
             drop(st);
-            self.session.bump();
+            self.session.bump_lifecycle();
         }
     }
 }
@@ -281,29 +323,6 @@ pub(super) async fn read_loop(
         session.bump();
         if let Some(r) = &recorder {
             r.output(&buf[..n]).await;
-        }
-    }
-}
-
-/// Writes input and resizes to the PTY, in order.
-pub(super) async fn write_loop(
-    mut pty: pty_process::OwnedWritePty,
-    mut rx: mpsc::Receiver<Input>,
-    recorder: Option<Recorder>,
-) {
-    while let Some(input) = rx.recv().await {
-        match input {
-            Input::Bytes(b) => {
-                if pty.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-            Input::Resize(s) => {
-                let _ = pty.resize(pty_process::Size::new(s.rows, s.cols));
-                if let Some(r) = &recorder {
-                    r.resize(s.cols, s.rows).await;
-                }
-            }
         }
     }
 }

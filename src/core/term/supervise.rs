@@ -54,8 +54,7 @@ impl Terminals {
             tasks.reader.abort();
             let _ = (&mut tasks.reader).await;
         }
-        tasks.writer.abort();
-        let _ = (&mut tasks.writer).await;
+        session.close_input();
         use std::os::unix::process::ExitStatusExt;
         let exit = Exit {
             code: status.and_then(|s| s.code()),
