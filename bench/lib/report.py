@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import Ctx, Row
+from common import REPO, Ctx, Row
 
 
 def fmt(x: float | None) -> str:
@@ -65,8 +65,9 @@ def machine() -> str:
 
 def write_markdown(rows: list[Row], path: Path, machine: str, ctx: Ctx, minutes: float) -> None:
     """bench/results.md: the run's table with ratios and goals."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, cwd=path.parent).stdout.strip() or "unknown"
+                         text=True, cwd=REPO).stdout.strip() or "unknown"
     out = [
         "# ferry benchmark results",
         "",
