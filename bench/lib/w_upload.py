@@ -98,7 +98,8 @@ def run(ctx: Ctx) -> list[Row]:
     b64 = base64.b64encode(bytes.fromhex(md5)).decode()
     srv, tcp, http = ferry(ctx, root, name="ferry-upload")
     (ctx.work / "dufs-upload-root").mkdir(exist_ok=True)
-    dufs = peers.dufs(ctx, ctx.work / "dufs-upload-root", upload=True)
+    dufs = peers.start_all(ctx, [("dufs", lambda: peers.dufs(
+        ctx, ctx.work / "dufs-upload-root", upload=True))]).get("dufs")
     f: dict[str, list[float]] = {"md5sum": [], "tcp": [], "http": [], "cli": [], "dufs": []}
     try:
         for i in range(ctx.runs):
