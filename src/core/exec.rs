@@ -212,9 +212,7 @@ impl Executor {
             .command_started(&id, actor, &line, &cwd_raw)
             .await?;
 
-        let mut cmd =
-            self.sandbox
-                .command(&program, &args, req.env.get("PATH").map(String::as_str));
+        let mut cmd = self.sandbox.command(&program, &args, &req.env);
         cmd.current_dir(&cwd)
             .process_group(0)
             .stdin(if req.stdin {
@@ -225,7 +223,6 @@ impl Executor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        cmd.envs(&req.env);
         let started = Instant::now();
         let mut child = match sandbox::spawn(&mut cmd, &program) {
             Ok(c) => c,

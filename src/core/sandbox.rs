@@ -14,6 +14,7 @@
 //!   start ferry with only 0, 1 and 2 open, as systemd and Docker do.)
 
 use rustix::process::{Resource, Rlimit};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -177,9 +178,9 @@ impl Confinement {
         self.ids.is_none() && self.limits.iter().all(Option::is_none)
     }
 
-    /// The confined command that runs `program` with `args` (the caller adds the request's own
-    /// environment and its stdio). A bare name is looked up here in the `PATH` the command will
-    /// see (`path`: the request's own, else the server's passed through), as `execvp` would in
+    /// The confined command that runs `program` with `args` and the request's own variables
+    /// `env` (the caller adds its stdio). A bare name is looked up here in the `PATH` the command
+    /// will see (the request's own, else the server's passed through), as `execvp` would in
     /// the child, so that std can start it with `posix_spawn` (it forks for a bare name once the
     /// environment is replaced). With limits to set and a server big enough that a fork costs
     /// more than an exec of ferry ([`Sandbox::launch_above`]), that spawn runs the [`launch`]er, which
@@ -189,8 +190,9 @@ impl Confinement {
         &self,
         program: &str,
         args: &[String],
-        path: Option<&str>,
+        env: &BTreeMap<String, String>,
     ) -> tokio::process::Command {
+        let path = env.get("PATH").map(String::as_str);
         let direct = self.spawns_directly();
         let launcher = self
             .launcher
@@ -217,26 +219,40 @@ impl Confinement {
                     .flatten()
                     .map(|(res, v)| format!("{}={v}", resource_name(*res)))
                     .collect();
+                // The request's variables reach the command only, by the launcher's arguments:
+                // in its environment, LD_PRELOAD or GLIBC_TUNABLES would act on the launcher
+                // itself before the limits hold.
                 cmd.arg0("ferry-launch")
                     .arg(LAUNCH)
                     .arg(spec.join(","))
                     .arg(full)
-                    .arg(program);
-                cmd
+                    .arg(program)
+                    .arg(env.len().to_string())
+                    .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+                    .args(args);
+                self.server_env(&mut cmd);
+                return cmd;
             }
             _ => {
                 let mut cmd = tokio::process::Command::new(program);
                 cmd.args(args);
                 self.apply(&mut cmd);
+                cmd.envs(env);
                 return cmd;
             }
         };
         cmd.args(args);
+        self.server_env(&mut cmd);
+        cmd.envs(env);
+        cmd
+    }
+
+    /// Clears the environment to the server's allowlisted variables.
+    fn server_env(&self, cmd: &mut tokio::process::Command) {
         cmd.env_clear();
         for (k, v) in self.env.iter() {
             cmd.env(k, v);
         }
-        cmd
     }
 
     /// `program` in the `PATH` its command will see.

@@ -241,14 +241,15 @@ async fn forked_launched_and_direct_commands_are_alike() {
         limits.push(limit(&all, "Max open files"));
         let cmdline = tcp_stdout(s, argv(&["cat", "/proc/self/cmdline"])).await;
         assert_eq!(cmdline, "cat\0/proc/self/cmdline\0");
-        // A program found in the request's own PATH.
+        // A program found in the request's own PATH, with the request's variables.
         let bin = s.root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        std::fs::write(bin.join("hello"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::write(bin.join("hello"), "#!/bin/sh\necho $GREETING\n").unwrap();
         std::fs::set_permissions(bin.join("hello"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         let path = format!("{}:/usr/bin:/bin", bin.display());
-        let v = http_exec(s, json!({"argv": ["hello"], "env": {"PATH": path}})).await;
+        let env = json!({"PATH": path, "GREETING": "hi"});
+        let v = http_exec(s, json!({"argv": ["hello"], "env": env})).await;
         assert_eq!(v["stdout"], "hi\n", "{v}");
         let v = http_exec(s, json!({"argv": ["no-such-program-here"]})).await;
         assert_eq!(v["error"]["code"], "not_found", "{v}");

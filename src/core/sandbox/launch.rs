@@ -1,5 +1,6 @@
-//! The launcher: ferry started as `ferry __sandbox-launch LIMITS PATH ARGV0 ARGS...` sets the
-//! sandbox's limits in a process that `posix_spawn` started, then execs the command.
+//! The launcher: ferry started as `ferry __sandbox-launch LIMITS PATH ARGV0 N VARS... ARGS...`
+//! (N request variables as `NAME=VALUE`) sets the sandbox's limits in a process that
+//! `posix_spawn` started, then execs the command with those variables added.
 
 use rustix::process::{Resource, Rlimit};
 
@@ -34,7 +35,8 @@ pub(super) fn resource_name(res: Resource) -> &'static str {
     }
 }
 
-/// When ferry was started as the launcher (`ferry __sandbox-launch LIMITS PATH ARGV0 ARGS...`,
+/// When ferry was started as the launcher (`ferry __sandbox-launch LIMITS PATH ARGV0 N VARS...
+/// ARGS...`,
 /// spawned by [`Confinement::command`] with the command's environment, directory, process group
 /// and stdio already in place): sets each limit, soft and hard, then execs the command. It
 /// returns only on failure, with the exit code to end with; None when not the launcher.
@@ -73,11 +75,22 @@ pub fn launch() -> Option<i32> {
             return fail(format!("setting the limit {item}: {e}"));
         }
     }
+    let mut cmd = std::process::Command::new(&path);
+    cmd.arg0(&argv0);
+    let count = args.next().and_then(|n| n.to_str()?.parse::<usize>().ok());
+    let Some(count) = count else {
+        return fail("the launcher needs the number of variables".into());
+    };
+    for _ in 0..count {
+        let var = args.next().unwrap_or_default();
+        let var = var.to_string_lossy();
+        let Some((k, v)) = var.split_once('=') else {
+            return fail(format!("the launcher got a bad variable {var:?}"));
+        };
+        cmd.env(k, v);
+    }
     // std's exec resets SIGPIPE (ignored by the Rust runtime) to its default first.
-    let err = std::process::Command::new(&path)
-        .arg0(&argv0)
-        .args(args)
-        .exec();
+    let err = cmd.args(args).exec();
     eprintln!("ferry: {}: {err}", argv0.to_string_lossy());
     Some(if err.kind() == std::io::ErrorKind::NotFound {
         127

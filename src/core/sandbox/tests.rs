@@ -100,7 +100,7 @@ fn without_limits_or_user_commands_spawn_directly() {
     };
     let c = off.prepare().unwrap();
     assert!(c.spawns_directly());
-    let cmd = c.command("sh", &[], Some("/usr/bin:/bin"));
+    let cmd = c.command("sh", &[], &path("/usr/bin:/bin"));
     let std = cmd.as_std();
     assert!(std::path::Path::new(std.get_program()).is_absolute());
     // A limit the server does not have needs code in the child.
@@ -111,7 +111,7 @@ fn without_limits_or_user_commands_spawn_directly() {
     let c = one.clone().prepare().unwrap();
     assert!(!c.spawns_directly());
     assert_eq!(
-        c.command("sh", &[], Some("/bin")).as_std().get_program(),
+        c.command("sh", &[], &path("/bin")).as_std().get_program(),
         "sh"
     );
     // With a launcher, it is the program, given the limits, the path found and argv[0].
@@ -122,7 +122,9 @@ fn without_limits_or_user_commands_spawn_directly() {
     };
     let c = launched.prepare().unwrap();
     let args = ["-c".to_string(), "true".to_string()];
-    let cmd = c.command("sh", &args, Some("/usr/bin:/bin"));
+    let mut env = path("/usr/bin:/bin");
+    env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+    let cmd = c.command("sh", &args, &env);
     let cmd = cmd.as_std();
     assert_eq!(cmd.get_program(), "/opt/ferry");
     let got: Vec<_> = cmd
@@ -130,11 +132,24 @@ fn without_limits_or_user_commands_spawn_directly() {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     assert_eq!(got[..2], [LAUNCH, "cpu=12345"]);
-    assert!(
-        got[2].ends_with("/sh") && got[3..] == ["sh", "-c", "true"],
-        "{got:?}"
-    );
+    assert!(got[2].ends_with("/sh"), "{got:?}");
+    let rest = [
+        "sh",
+        "2",
+        "LD_PRELOAD=/tmp/x.so",
+        "PATH=/usr/bin:/bin",
+        "-c",
+        "true",
+    ];
+    assert_eq!(got[3..], rest);
+    // The request's variables reach the command through the launcher, never its environment.
+    assert!(cmd.get_envs().all(|(k, _)| k != "LD_PRELOAD"));
     // Not found: left to execvp after a fork, which reports it.
-    let cmd = c.command("no-such-program-x", &[], Some("/bin"));
+    let cmd = c.command("no-such-program-x", &[], &path("/bin"));
     assert_eq!(cmd.as_std().get_program(), "no-such-program-x");
+}
+
+/// A request environment with only `PATH`.
+fn path(p: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("PATH".to_string(), p.to_string())])
 }
