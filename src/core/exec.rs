@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -213,9 +212,8 @@ impl Executor {
             .command_started(&id, actor, &line, &cwd_raw)
             .await?;
 
-        let mut cmd = Command::new(&program);
-        cmd.args(&args)
-            .current_dir(&cwd)
+        let mut cmd = self.sandbox.command(&program, &args, &req.env);
+        cmd.current_dir(&cwd)
             .process_group(0)
             .stdin(if req.stdin {
                 Stdio::piped()
@@ -225,8 +223,6 @@ impl Executor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        self.sandbox.apply(&mut cmd);
-        cmd.envs(&req.env);
         let started = Instant::now();
         let mut child = match sandbox::spawn(&mut cmd, &program) {
             Ok(c) => c,

@@ -14,6 +14,7 @@
 //!   start ferry with only 0, 1 and 2 open, as systemd and Docker do.)
 
 use rustix::process::{Resource, Rlimit};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -33,6 +34,15 @@ pub struct Sandbox {
     pub max_open_files: Option<u64>,
     /// Run commands as this user (name or numeric uid) with its primary group; only when ferry runs as root.
     pub user: Option<String>,
+    /// A ferry binary that sets the limits and then execs the command ([`launch`]), so that
+    /// commands start with `posix_spawn`; without one, the limits are set between fork and exec.
+    /// Set by `ferry serve` (to its own image), not in the config file.
+    #[serde(skip)]
+    pub launcher: Option<std::path::PathBuf>,
+    /// Resident memory of the server (bytes) above which the launcher is used: below it, a fork
+    /// is cheaper. 0: always.
+    #[serde(skip)]
+    pub launch_above: u64,
 }
 
 /// The server variables commands see by default.
@@ -53,6 +63,8 @@ impl Default for Sandbox {
             // The usual soft limit: what programs expect, and it bounds each process's kernel memory.
             max_open_files: Some(1024),
             user: None,
+            launcher: None,
+            launch_above: FORK_RSS,
         }
     }
 }
@@ -66,6 +78,8 @@ pub struct Confinement {
     env: Arc<[(OsString, OsString)]>,
     limits: [Option<(Resource, u64)>; LIMITS],
     ids: Option<(u32, u32)>,
+    launcher: Option<Arc<std::path::Path>>,
+    launch_above: u64,
 }
 
 impl Sandbox {
@@ -95,7 +109,12 @@ impl Sandbox {
                 continue;
             };
             // Only root may raise a hard limit: keep within the server's own.
-            let hard = rustix::process::getrlimit(res).maximum;
+            let own = rustix::process::getrlimit(res);
+            let hard = own.maximum;
+            if own.current == Some(v) && hard == Some(v) {
+                // Commands inherit it as it is: no need to set it in each child (see `apply`).
+                continue;
+            }
             let v = match hard {
                 Some(h) if h < v => {
                     tracing::warn!(
@@ -135,6 +154,8 @@ impl Sandbox {
             env: env.into(),
             limits,
             ids,
+            launcher: self.launcher.as_deref().map(Arc::from),
+            launch_above: self.launch_above,
         })
     }
 }
@@ -148,6 +169,101 @@ impl Confinement {
     /// The uid and gid commands run as, when not the server's own.
     pub fn ids(&self) -> Option<(u32, u32)> {
         self.ids
+    }
+
+    /// Whether commands start without code between fork and exec (no limit to set, no user to
+    /// switch to), so that std starts them with `posix_spawn` (a `vfork`) instead of a `fork`
+    /// that copies the server's page tables.
+    pub fn spawns_directly(&self) -> bool {
+        self.ids.is_none() && self.limits.iter().all(Option::is_none)
+    }
+
+    /// The confined command that runs `program` with `args` and the request's own variables
+    /// `env` (the caller adds its stdio). A bare name is looked up here in the `PATH` the command
+    /// will see (the request's own, else the server's passed through), as `execvp` would in
+    /// the child, so that std can start it with `posix_spawn` (it forks for a bare name once the
+    /// environment is replaced). With limits to set and a server big enough that a fork costs
+    /// more than an exec of ferry ([`Sandbox::launch_above`]), that spawn runs the [`launch`]er, which
+    /// sets them and execs the program. A user to switch to, a program not found, no launcher or
+    /// a small server: the limits are set between fork and exec ([`Confinement::apply`]).
+    pub fn command(
+        &self,
+        program: &str,
+        args: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> tokio::process::Command {
+        let path = env.get("PATH").map(String::as_str);
+        let direct = self.spawns_directly();
+        let launcher = self
+            .launcher
+            .as_ref()
+            .filter(|_| self.launch_above == 0 || resident() > self.launch_above);
+        let found = match (launcher, self.ids) {
+            _ if program.contains('/') && direct => None,
+            (Some(_), None) if program.contains('/') => Some(program.into()),
+            (Some(_), None) => self.find(program, path),
+            _ if direct => self.find(program, path),
+            _ => None,
+        };
+        let mut cmd = match (found, launcher) {
+            (Some(full), _) if direct => {
+                let mut cmd = tokio::process::Command::new(full);
+                cmd.arg0(program);
+                cmd
+            }
+            (Some(full), Some(launcher)) => {
+                let mut cmd = tokio::process::Command::new(launcher.as_ref());
+                let spec: Vec<String> = self
+                    .limits
+                    .iter()
+                    .flatten()
+                    .map(|(res, v)| format!("{}={v}", resource_name(*res)))
+                    .collect();
+                // The request's variables reach the command only, by the launcher's arguments:
+                // in its environment, LD_PRELOAD or GLIBC_TUNABLES would act on the launcher
+                // itself before the limits hold.
+                cmd.arg0("ferry-launch")
+                    .arg(LAUNCH)
+                    .arg(spec.join(","))
+                    .arg(full)
+                    .arg(program)
+                    .arg(env.len().to_string())
+                    .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+                    .args(args);
+                self.server_env(&mut cmd);
+                return cmd;
+            }
+            _ => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args);
+                self.apply(&mut cmd);
+                cmd.envs(env);
+                return cmd;
+            }
+        };
+        cmd.args(args);
+        self.server_env(&mut cmd);
+        cmd.envs(env);
+        cmd
+    }
+
+    /// Clears the environment to the server's allowlisted variables.
+    fn server_env(&self, cmd: &mut tokio::process::Command) {
+        cmd.env_clear();
+        for (k, v) in self.env.iter() {
+            cmd.env(k, v);
+        }
+    }
+
+    /// `program` in the `PATH` its command will see.
+    fn find(&self, program: &str, path: Option<&str>) -> Option<std::path::PathBuf> {
+        let path = path.map(std::ffi::OsStr::new).or_else(|| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_os_str())
+        })?;
+        find_program(program, path)
     }
 
     /// Hands a terminal's pty to the commands' user (when not the server's), as a login would.
@@ -259,6 +375,10 @@ fn resolve_user(spec: &str, passwd: &str) -> Result<(u32, u32, String), String> 
     }
     found.ok_or_else(|| format!("exec user {spec:?}: no such user in /etc/passwd"))
 }
+
+mod launch;
+use launch::{FORK_RSS, find_program, resident, resource_name};
+pub use launch::{LAUNCH, launch};
 
 #[cfg(test)]
 mod tests;

@@ -223,3 +223,45 @@ async fn an_unknown_user_stops_the_server_at_startup() {
         "{err}"
     );
 }
+
+/// Forked, launched through ferry, or spawned directly (no limit to set), a command gets the
+/// same limits, argv[0], `PATH` lookup and errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn forked_launched_and_direct_commands_are_alike() {
+    let launched = TestServer::start().await;
+    let forked = TestServer::start_with(|cfg| cfg.core.exec.sandbox.launcher = None).await;
+    let direct = TestServer::start_with(|cfg| {
+        cfg.core.exec.sandbox.max_processes = Some(0);
+        cfg.core.exec.sandbox.max_open_files = Some(0);
+    })
+    .await;
+    let mut limits = Vec::new();
+    for s in [&launched, &forked, &direct] {
+        let all = tcp_stdout(s, argv(&["cat", "/proc/self/limits"])).await;
+        limits.push(limit(&all, "Max open files"));
+        let cmdline = tcp_stdout(s, argv(&["cat", "/proc/self/cmdline"])).await;
+        assert_eq!(cmdline, "cat\0/proc/self/cmdline\0");
+        // A program found in the request's own PATH, with the request's variables.
+        let bin = s.root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("hello"), "#!/bin/sh\necho $GREETING\n").unwrap();
+        std::fs::set_permissions(bin.join("hello"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let env = json!({"PATH": path, "GREETING": "hi"});
+        let v = http_exec(s, json!({"argv": ["hello"], "env": env})).await;
+        assert_eq!(v["stdout"], "hi\n", "{v}");
+        let v = http_exec(s, json!({"argv": ["no-such-program-here"]})).await;
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+    }
+    let def = Sandbox::default().max_open_files.unwrap().to_string();
+    assert_eq!(limits[0], (def.clone(), def.clone()));
+    assert_eq!(limits[0], limits[1]);
+    // Limits off: the server's own (the test process's).
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let n = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+    assert_eq!(limits[2], (n(own.current), n(own.maximum)));
+    for s in [launched, forked, direct] {
+        s.stop().await;
+    }
+}
