@@ -1,67 +1,77 @@
-"""A local sshd for the scp and ssh baselines: own host key, own client key, own port."""
+"""A private sshd for the ssh and scp baselines: own port, host key and client key."""
 
 from __future__ import annotations
 
 import getpass
 import os
+import shutil
 from pathlib import Path
 
-from common import BENCH_HOME, Ctx, Server, free_port, log, run
+from common import BENCH_HOME, Ctx, Server, free_port, log
+from common import run as sh
 
 
 class Sshd:
-    """sshd on 127.0.0.1 with a key for the current user; `ssh_args` reach it."""
+    """A private sshd on a free port with its own host key, and a client key that may log in."""
 
     def __init__(self, ctx: Ctx):
+        sshd = ctx.peer_bin("sshd")
+        self.ok = sshd is not None and shutil.which("ssh") and shutil.which("ssh-keygen")
+        self.server = None
+        if not self.ok:
+            return
         d = BENCH_HOME / "ssh"
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
-        for name in ("host_key", "client_key"):
-            if not (d / name).exists():
-                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)])
+        for key in ("host_key", "client_key"):
+            if not (d / key).exists():
+                sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)])
         (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-        os.chmod(d / "authorized_keys", 0o600)
-        Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+        # The login shell's rc files would run for every command: an empty HOME keeps a
+        # developer's ~/.bashrc (pyenv, cargo...) out of ssh's figure.
+        home = d / "home"
+        home.mkdir(exist_ok=True)
         self.port = free_port()
-        (d / "sshd_config").write_text(f"""
-Port {self.port}
+        (d / "sshd_config").write_text(f"""Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {d / 'host_key'}
-AuthorizedKeysFile {d / 'authorized_keys'}
 PidFile {d / 'sshd.pid'}
+AuthorizedKeysFile {d / 'authorized_keys'}
 PermitRootLogin prohibit-password
+PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
+PrintMotd no
+PrintLastLog no
+LogLevel ERROR
+SetEnv HOME={home}
 Subsystem sftp internal-sftp
 """)
-        sshd = ctx.peer_bin("sshd") or "/usr/sbin/sshd"
-        self.server = Server("sshd", [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
-                             self.port, log_dir=ctx.work)
-        self.user = getpass.getuser()
-        opts = ["-i", str(d / "client_key"), "-o", "StrictHostKeyChecking=no",
-                "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "BatchMode=yes",
-                "-o", "LogLevel=ERROR"]
-        self.ssh_args = ["ssh", "-p", str(self.port), *opts, f"{self.user}@127.0.0.1"]
-        self.scp_args = ["scp", "-q", "-P", str(self.port), *opts]
+        if os.geteuid() == 0:
+            # sshd's privilege separation directory (Debian's unit makes it at boot).
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.argv = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                     "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "LogLevel=ERROR",
+                     "-o", "BatchMode=yes", "-i", str(d / "client_key"), "-p", str(self.port),
+                     f"{getpass.getuser()}@127.0.0.1"]
+        self.scp_args = ["scp", "-q", "-F", "/dev/null", *self.argv[3:-1]]
+        self.scp_args[self.scp_args.index("-p")] = "-P"
+        try:
+            self.server = Server("sshd", [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
+                                 self.port, log_dir=ctx.work)
+            sh(self.argv + ["true"])
+        except Exception as e:  # noqa: BLE001 (a missing peer is a missing figure)
+            log(f"exec: no ssh figures, the private sshd does not work: {e}")
+            self.stop()
+            self.ok = False
 
     def remote(self, path: Path) -> str:
         """An scp source or target on this sshd."""
-        return f"{self.user}@127.0.0.1:{path}"
+        return f"{getpass.getuser()}@127.0.0.1:{path}"
 
     def stop(self) -> None:
         """Stops sshd."""
-        self.server.stop()
-
-
-def start(ctx: Ctx) -> Sshd | None:
-    """A local sshd, or None when openssh-server is not installed or will not start."""
-    if ctx.peer_bin("sshd") is None:
-        log("sshd is not installed: the ssh and scp figures are left out")
-        return None
-    try:
-        return Sshd(ctx)
-    except RuntimeError as e:
-        log(f"sshd did not start ({e}): the ssh and scp figures are left out")
-        return None
+        if self.server:
+            self.server.stop()

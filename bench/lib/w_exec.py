@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sshd import Sshd
 from common import BENCH_HOME, TOKEN, Ctx, Goal, Row, Server, ferry, free_port, log, median
 from common import run as sh
 from ferryproto import Conn
@@ -88,65 +89,6 @@ def http_ms(port: int, req: dict, n: int, want: int) -> float | None:
             raise RuntimeError(f"HTTP exec {req}: {r.status} {str(v)[:200]}")
     c.close()
     return median(ts)
-
-
-class Sshd:
-    """A private sshd on a free port with its own host key, and a client key that may log in."""
-
-    def __init__(self, ctx: Ctx):
-        sshd = ctx.peer_bin("sshd")
-        self.ok = sshd is not None and shutil.which("ssh") and shutil.which("ssh-keygen")
-        self.server = None
-        if not self.ok:
-            return
-        d = BENCH_HOME / "ssh"
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
-        for key in ("host_key", "client_key"):
-            if not (d / key).exists():
-                sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)])
-        (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-        # The login shell's rc files would run for every command: an empty HOME keeps a
-        # developer's ~/.bashrc (pyenv, cargo...) out of ssh's figure.
-        home = d / "home"
-        home.mkdir(exist_ok=True)
-        self.port = free_port()
-        (d / "sshd_config").write_text(f"""Port {self.port}
-ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-PidFile {d / 'sshd.pid'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PrintMotd no
-PrintLastLog no
-LogLevel ERROR
-SetEnv HOME={home}
-""")
-        if os.geteuid() == 0:
-            # sshd's privilege separation directory (Debian's unit makes it at boot).
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.argv = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                     "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "LogLevel=ERROR",
-                     "-o", "BatchMode=yes", "-i", str(d / "client_key"), "-p", str(self.port),
-                     f"{getpass.getuser()}@127.0.0.1"]
-        try:
-            self.server = Server("sshd", [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
-                                 self.port, log_dir=ctx.work)
-            sh(self.argv + ["true"])
-        except Exception as e:  # noqa: BLE001 (a missing peer is a missing figure)
-            log(f"exec: no ssh figures, the private sshd does not work: {e}")
-            self.stop()
-            self.ok = False
-
-    def stop(self) -> None:
-        """Stops sshd."""
-        if self.server:
-            self.server.stop()
 
 
 def run(ctx: Ctx) -> list[Row]:

@@ -7,7 +7,7 @@ import socket
 import struct
 import time
 
-import sshd as sshd_mod
+from sshd import Sshd
 from common import TOKEN, Ctx, Goal, Row, Server, ferry, free_port, log, make_file, median
 from common import run as sh
 from ferryproto import DATA, END, ERROR, HEADER, HELLO, REQUEST, WELCOME, WINDOW, frame
@@ -110,7 +110,7 @@ def run(ctx: Ctx) -> list[Row]:
     big = make_file(root / "big.bin", size)
     dest = ctx.work / "tcp-dest.bin"
     srv, tcp, _ = ferry(ctx, root, name="ferry-tcp")
-    ssh = sshd_mod.start(ctx)
+    ssh = Sshd(ctx)
     socat = ctx.peer_bin("socat")
     figures: dict[str, list[float]] = {"ferry": [], "socat": [], "scp": [], "cli": []}
     try:
@@ -123,7 +123,7 @@ def run(ctx: Ctx) -> list[Row]:
                                       f"TCP-LISTEN:{port},reuseaddr,bind=127.0.0.1"],
                             port, log_dir=ctx.work, probe=False):
                     figures["socat"].append(read_raw(port, size))
-            if ssh:
+            if ssh.ok:
                 t = timed([*ssh.scp_args, ssh.remote(big), str(dest)])
                 figures["scp"].append(size / t / 1e6)
             t = timed([str(ctx.ferry_bin), "get", "--addr", f"127.0.0.1:{tcp}", "--token", TOKEN,
@@ -133,8 +133,7 @@ def run(ctx: Ctx) -> list[Row]:
                                                      for k, v in figures.items() if v))
     finally:
         srv.stop()
-        if ssh:
-            ssh.stop()
+        ssh.stop()
         dest.unlink(missing_ok=True)
     label = "1 GiB" if not ctx.quick else f"{size >> 20} MiB"
     return [

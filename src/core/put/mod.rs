@@ -67,6 +67,7 @@ impl Files {
                 size: size.unwrap_or(0),
             },
             commit,
+            pending: bytes::BytesMut::new(),
         })
     }
 }
@@ -122,7 +123,13 @@ pub struct PutSink {
     expected: Option<String>,
     ctx: TransferCtx,
     commit: Arc<AtomicBool>,
+    /// Small chunks gathered into one write of at least [`GATHER`] bytes.
+    pending: bytes::BytesMut,
 }
+
+/// Chunks smaller than this (HTTP bodies arrive in pieces of a few KiB) are gathered before
+/// they go to the disk thread: one hand-over, one write and one hash update per 256 KiB.
+const GATHER: usize = 256 * 1024;
 
 /// How the disk thread settled an upload, with the MD5 of the received bytes when it got that far.
 type Settled = (Result<PutDone>, Option<String>);
@@ -161,6 +168,19 @@ impl PutSink {
         if let Some(h) = &self.ctx.handle {
             h.progress(chunk.len() as u64);
         }
+        if self.pending.is_empty() && chunk.len() >= GATHER {
+            return self.hand_over(chunk).await;
+        }
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() < GATHER {
+            return Ok(());
+        }
+        let gathered = self.pending.split().freeze();
+        self.hand_over(gathered).await
+    }
+
+    /// Sends a chunk to the disk thread.
+    async fn hand_over(&mut self, chunk: Bytes) -> Result<()> {
         let tx = self
             .tx
             .as_ref()
@@ -193,6 +213,16 @@ impl PutSink {
                 .record("put", TransferState::Failed, None, self.expected.clone())
                 .await;
             return Err(err);
+        }
+        if !self.pending.is_empty() {
+            let rest = self.pending.split().freeze();
+            if let Err(e) = self.hand_over(rest).await {
+                let _ = self.stop_worker().await;
+                self.ctx
+                    .record("put", TransferState::Failed, None, self.expected.clone())
+                    .await;
+                return Err(e);
+            }
         }
         // Closing the queue with the commit flag set tells the worker that all data is in.
         self.commit.store(true, Ordering::SeqCst);

@@ -119,7 +119,8 @@ fn open_file(files: &Files, rel: &RelPath) -> Result<std::fs::File> {
 /// once read; `None` sends the open to the disk thread.
 fn read_cached(file: &std::fs::File, key: FileKey) -> Option<Bytes> {
     use rustix::io::{ReadWriteFlags, preadv2};
-    let mut buf = vec![0u8; key.size as usize + 1];
+    // Exactly `size` bytes: a file that grew or changed meanwhile shows in the key below.
+    let mut buf = vec![0u8; key.size as usize];
     let mut got = 0;
     while got < buf.len() {
         let mut part = [std::io::IoSliceMut::new(&mut buf[got..])];
