@@ -7,7 +7,7 @@ import json
 import socket
 import struct
 
-from ferryproto import (DATA, END, EOF, ERROR, HEAD, HEADER, HELLO, REQUEST, STDERR, STDOUT,
+from ferryproto import (put_answer, DATA, END, EOF, ERROR, HEAD, HEADER, HELLO, REQUEST, STDERR, STDOUT,
                         WELCOME, WINDOW, ProtocolError, frame)
 
 
@@ -107,14 +107,11 @@ class AConn:
                 window -= n
             await self.w.drain()
             kind, stream, payload = await self.read_frame()
-            if stream != sid:
-                continue
-            if kind == WINDOW:
-                window += struct.unpack(">I", payload)[0]
-            elif kind == END:
-                return json.loads(payload)
-            elif kind == ERROR:
-                raise ProtocolError(payload.decode())
+            if stream == sid:
+                grant, end = put_answer(kind, payload)
+                window += grant
+                if end is not None:
+                    return end
 
 
 __all__ = ["AConn", "ProtocolError", "EOF"]

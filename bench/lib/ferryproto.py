@@ -20,6 +20,17 @@ def frame(kind: int, stream: int, payload: bytes = b"") -> bytes:
     return HEAD.pack(5 + len(payload), kind, stream) + payload
 
 
+def put_answer(kind: int, payload: bytes) -> tuple[int, dict | None]:
+    """What a frame on a put's stream means to the sender: window granted, or the End."""
+    if kind == WINDOW:
+        return struct.unpack(">I", payload)[0], None
+    if kind == END:
+        return 0, json.loads(payload)
+    if kind == ERROR:
+        raise ProtocolError(payload.decode())
+    return 0, None
+
+
 class Conn:
     """One authenticated connection; operations run one at a time on fresh stream ids."""
 
@@ -112,11 +123,8 @@ class Conn:
                 sent += n
                 window -= n
             kind, stream, payload = self.read_frame()
-            if stream != sid:
-                continue
-            if kind == WINDOW:
-                window += struct.unpack(">I", payload)[0]
-            elif kind == END:
-                return json.loads(payload)
-            elif kind == ERROR:
-                raise ProtocolError(payload.decode())
+            if stream == sid:
+                grant, end = put_answer(kind, payload)
+                window += grant
+                if end is not None:
+                    return end
