@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import http.client
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,7 +11,7 @@ import time
 from pathlib import Path
 
 from sshd import Sshd
-from common import BENCH_HOME, TOKEN, Ctx, Goal, Row, Server, ferry, free_port, log, median
+from common import TOKEN, Ctx, Goal, Row, ferry, log, median
 from common import run as sh
 from ferryproto import Conn
 
