@@ -26,7 +26,8 @@ pub(super) fn write_and_verify(
         }
         md5
     });
-    let flusher = Flusher::start(&file);
+    // Started at the first 32 MiB only: most uploads never need it.
+    let mut flusher: Option<Flusher> = None;
     let mut file = file;
     let mut written = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
@@ -37,11 +38,13 @@ pub(super) fn write_and_verify(
         let before = written;
         written += chunk.len() as u64;
         if before / FLUSH_EVERY != written / FLUSH_EVERY {
-            flusher.nudge();
+            flusher.get_or_insert_with(|| Flusher::start(&file)).nudge();
         }
     }
     drop(htx);
-    flusher.stop();
+    if let Some(f) = flusher {
+        f.stop();
+    }
     let Ok(md5) = hasher.join() else {
         return (Err(Error::internal("hasher panicked")), None);
     };

@@ -9,7 +9,7 @@ use crate::core::error::{Error, Result};
 use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
 use bytes::Bytes;
-use std::io::{Read, Seek, SeekFrom};
+use rustix::io::ReadWriteFlags;
 
 /// An opened file: handle, key, MD5 and, for a small file, its content.
 type Opening = (std::fs::File, FileKey, String, Option<Bytes>);
@@ -59,9 +59,10 @@ impl Files {
         }
         let key = FileKey::of(&meta);
         let md5 = self.digests.lookup(rel.as_str(), key)?;
-        let small = match key.size <= SMALL_FILE {
-            true => Some(read_cached(&file, key)?),
-            false => None,
+        let small = if key.size <= SMALL_FILE {
+            Some(read_whole(&file, key, ReadWriteFlags::NOWAIT)?)
+        } else {
+            None
         };
         Some((file, key, md5, small))
     }
@@ -80,7 +81,7 @@ impl Files {
             }
             let (key, md5) = this.digest_of(&rel, &file)?;
             let small = (key.size <= SMALL_FILE)
-                .then(|| read_small(&file, key))
+                .then(|| read_whole(&file, key, ReadWriteFlags::empty()))
                 .flatten();
             Ok(Some((file, key, md5, small)))
         })
@@ -115,16 +116,20 @@ fn open_file(files: &Files, rel: &RelPath) -> Result<std::fs::File> {
         .into_std())
 }
 
-/// A small file's whole content if every page of it is in memory and it still matches `key`
-/// once read; `None` sends the open to the disk thread.
-fn read_cached(file: &std::fs::File, key: FileKey) -> Option<Bytes> {
-    use rustix::io::{ReadWriteFlags, preadv2};
+/// A small file's whole content, if it still matches `key` once read (else the caller streams
+/// it and reports the change as any download does). With `ReadWriteFlags::NOWAIT` it takes
+/// only pages already in memory and gives `None` rather than wait for the disk.
+fn read_whole(
+    file: &std::fs::File,
+    key: FileKey,
+    flags: rustix::io::ReadWriteFlags,
+) -> Option<Bytes> {
     // Exactly `size` bytes: a file that grew or changed meanwhile shows in the key below.
     let mut buf = vec![0u8; key.size as usize];
     let mut got = 0;
     while got < buf.len() {
         let mut part = [std::io::IoSliceMut::new(&mut buf[got..])];
-        match preadv2(file, &mut part, got as u64, ReadWriteFlags::NOWAIT) {
+        match rustix::io::preadv2(file, &mut part, got as u64, flags) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(_) => return None,
@@ -132,15 +137,5 @@ fn read_cached(file: &std::fs::File, key: FileKey) -> Option<Bytes> {
     }
     buf.truncate(got);
     let same = got as u64 == key.size && FileKey::of(&file.metadata().ok()?) == key;
-    same.then(|| Bytes::from(buf))
-}
-
-/// A small file's whole content, if it still matches `key` once read (else the caller streams
-/// it and reports the change as any download does).
-fn read_small(file: &std::fs::File, key: FileKey) -> Option<Bytes> {
-    let mut buf = Vec::with_capacity(key.size as usize + 1);
-    (&mut &*file).seek(SeekFrom::Start(0)).ok()?;
-    file.take(key.size + 1).read_to_end(&mut buf).ok()?;
-    let same = buf.len() as u64 == key.size && FileKey::of(&file.metadata().ok()?) == key;
     same.then(|| Bytes::from(buf))
 }
