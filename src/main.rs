@@ -6,10 +6,6 @@ use ferry::config::ServeArgs;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
-    // Started by the server to launch a command under the sandbox's limits: nothing else runs.
-    if let Some(code) = ferry::core::sandbox::launch() {
-        return std::process::ExitCode::from(code as u8);
-    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = match cli.command {
@@ -37,12 +33,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&args.data_dir)?;
-    let (mut cfg, generated) = args.to_config()?;
-    // Commands are launched through this very image (even if the file is replaced meanwhile).
-    let me = std::path::Path::new("/proc/self/exe");
-    if me.exists() {
-        cfg.core.exec.sandbox.launcher = Some(me.into());
-    }
+    let (cfg, generated) = args.to_config()?;
     let cfg_access = cfg.core.access.clone();
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let tcp = tokio::net::TcpListener::bind(args.tcp_addr)

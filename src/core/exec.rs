@@ -11,7 +11,6 @@ use bytes::Bytes;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -212,19 +211,12 @@ impl Executor {
             .command_started(&id, actor, &line, &cwd_raw)
             .await?;
 
-        let mut cmd = self.sandbox.command(&program, &args, &req.env);
-        cmd.current_dir(&cwd)
-            .process_group(0)
-            .stdin(if req.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let plan = self
+            .sandbox
+            .plan(&program, &args, &req.env, &cwd, req.stdin);
         let started = Instant::now();
-        let mut child = match sandbox::spawn(&mut cmd, &program) {
+        let spawned = plan.and_then(|p| sandbox::spawn(&p, &program));
+        let mut child = match spawned {
             Ok(c) => c,
             Err(err) => {
                 self.end(&id, actor, &line, None, started, 0, false, Some(&err))
@@ -232,7 +224,7 @@ impl Executor {
                 return Err(err);
             }
         };
-        let pgid = child.id().and_then(|p| Pid::from_raw(p as i32));
+        let pgid = Pid::from_raw(child.id() as i32);
         let (out_tx, out_rx) = mpsc::channel(8);
         let cancel = self.shutdown.child_token();
         let stdin_tx = child.stdin.take().map(|mut pipe| {

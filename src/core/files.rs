@@ -95,8 +95,12 @@ impl Files {
     /// Resolves a directory for a command's cwd: confined, and must exist.
     pub async fn resolve_dir(&self, raw: &str) -> Result<PathBuf> {
         let rel = RelPath::parse(raw)?;
-        let dir = self.dir.clone();
         let root = self.root_path.to_path_buf();
+        if rel.is_root() {
+            // The root is a directory held open since startup: nothing to look up.
+            return Ok(root);
+        }
+        let dir = self.dir.clone();
         blocking(move || {
             let meta = dir
                 .metadata(rel.as_path())
@@ -104,11 +108,7 @@ impl Files {
             if !meta.is_dir() {
                 return Err(Error::bad_request(format!("{rel}: not a directory")));
             }
-            Ok(if rel.is_root() {
-                root
-            } else {
-                root.join(rel.as_path())
-            })
+            Ok(root.join(rel.as_path()))
         })
         .await
     }

@@ -2,15 +2,16 @@
 //!
 //! - The environment is cleared to an allowlist of the server's variables (plus, for exec, the
 //!   request's own variables).
-//! - Resource limits (processes, file size, CPU time, open files) are set in the child between
-//!   fork and exec, so nothing the command starts can outrun them. Soft and hard limits are both
-//!   set, so the command cannot raise them back.
+//! - Resource limits (processes, file size, CPU time, open files) are set in the child before it
+//!   execs the command ([`spawn`]: a `vfork`-style start, no copy of the server), so nothing the
+//!   command starts can outrun them. Soft and hard limits are both set, so the command cannot
+//!   raise them back.
 //! - A server running as root can run commands as another user (with its primary group and no
 //!   supplementary groups).
 //! - No descriptor of the server reaches a command: everything ferry opens is close-on-exec. The
 //!   one exception, a pty master that `pty-process` marks close-on-exec only just after opening
 //!   it, is opened under a lock that no spawn can run through ([`open_pty`], [`spawn_lock`]).
-//!   (What ferry's own launcher left open without close-on-exec is inherited like anything else:
+//!   (What ferry's own parent left open without close-on-exec is inherited like anything else:
 //!   start ferry with only 0, 1 and 2 open, as systemd and Docker do.)
 
 use rustix::process::{Resource, Rlimit};
@@ -34,15 +35,6 @@ pub struct Sandbox {
     pub max_open_files: Option<u64>,
     /// Run commands as this user (name or numeric uid) with its primary group; only when ferry runs as root.
     pub user: Option<String>,
-    /// A ferry binary that sets the limits and then execs the command ([`launch`]), so that
-    /// commands start with `posix_spawn`; without one, the limits are set between fork and exec.
-    /// Set by `ferry serve` (to its own image), not in the config file.
-    #[serde(skip)]
-    pub launcher: Option<std::path::PathBuf>,
-    /// Resident memory of the server (bytes) above which the launcher is used: below it, a fork
-    /// is cheaper. 0: always.
-    #[serde(skip)]
-    pub launch_above: u64,
 }
 
 /// The server variables commands see by default.
@@ -63,8 +55,6 @@ impl Default for Sandbox {
             // The usual soft limit: what programs expect, and it bounds each process's kernel memory.
             max_open_files: Some(1024),
             user: None,
-            launcher: None,
-            launch_above: FORK_RSS,
         }
     }
 }
@@ -78,8 +68,6 @@ pub struct Confinement {
     env: Arc<[(OsString, OsString)]>,
     limits: [Option<(Resource, u64)>; LIMITS],
     ids: Option<(u32, u32)>,
-    launcher: Option<Arc<std::path::Path>>,
-    launch_above: u64,
 }
 
 impl Sandbox {
@@ -154,8 +142,6 @@ impl Sandbox {
             env: env.into(),
             limits,
             ids,
-            launcher: self.launcher.as_deref().map(Arc::from),
-            launch_above: self.launch_above,
         })
     }
 }
@@ -171,99 +157,63 @@ impl Confinement {
         self.ids
     }
 
-    /// Whether commands start without code between fork and exec (no limit to set, no user to
-    /// switch to), so that std starts them with `posix_spawn` (a `vfork`) instead of a `fork`
-    /// that copies the server's page tables.
-    pub fn spawns_directly(&self) -> bool {
-        self.ids.is_none() && self.limits.iter().all(Option::is_none)
-    }
-
-    /// The confined command that runs `program` with `args` and the request's own variables
-    /// `env` (the caller adds its stdio). A bare name is looked up here in the `PATH` the command
-    /// will see (the request's own, else the server's passed through), as `execvp` would in
-    /// the child, so that std can start it with `posix_spawn` (it forks for a bare name once the
-    /// environment is replaced). With limits to set and a server big enough that a fork costs
-    /// more than an exec of ferry ([`Sandbox::launch_above`]), that spawn runs the [`launch`]er, which
-    /// sets them and execs the program. A user to switch to, a program not found, no launcher or
-    /// a small server: the limits are set between fork and exec ([`Confinement::apply`]).
-    pub fn command(
+    /// The start of `program` with `args`, in `cwd`, with the server's allowlisted variables
+    /// and the request's own `env` over them, the limits and the user. A bare name is looked
+    /// up when it starts, in the `PATH` the command will see (the request's own, else the
+    /// server's passed through), as `execvp` would.
+    pub fn plan(
         &self,
         program: &str,
         args: &[String],
         env: &BTreeMap<String, String>,
-    ) -> tokio::process::Command {
-        let path = env.get("PATH").map(String::as_str);
-        let direct = self.spawns_directly();
-        let launcher = self
-            .launcher
-            .as_ref()
-            .filter(|_| self.launch_above == 0 || resident() > self.launch_above);
-        let found = match (launcher, self.ids) {
-            _ if program.contains('/') && direct => None,
-            (Some(_), None) if program.contains('/') => Some(program.into()),
-            (Some(_), None) => self.find(program, path),
-            _ if direct => self.find(program, path),
-            _ => None,
+        cwd: &std::path::Path,
+        stdin: bool,
+    ) -> crate::core::error::Result<Plan> {
+        use crate::core::error::Error;
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c =
+            |b: &[u8]| CString::new(b).map_err(|_| Error::bad_request("a NUL byte in the command"));
+        let mut vars: BTreeMap<&[u8], &[u8]> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        vars.extend(env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        let envp = vars
+            .iter()
+            .map(|(k, v)| c(&[*k, b"=", *v].concat()))
+            .collect::<Result<_, _>>()?;
+        let candidates = if program.contains('/') {
+            vec![c(program.as_bytes())?]
+        } else {
+            // execvp's default when there is no PATH at all.
+            let path: &[u8] = vars.get(&b"PATH"[..]).copied().unwrap_or(b"/bin:/usr/bin");
+            path.split(|b| *b == b':')
+                .map(|dir| match dir {
+                    b"" => c(program.as_bytes()),
+                    d => c(&[d, b"/", program.as_bytes()].concat()),
+                })
+                .collect::<Result<_, _>>()?
         };
-        let mut cmd = match (found, launcher) {
-            (Some(full), _) if direct => {
-                let mut cmd = tokio::process::Command::new(full);
-                cmd.arg0(program);
-                cmd
-            }
-            (Some(full), Some(launcher)) => {
-                let mut cmd = tokio::process::Command::new(launcher.as_ref());
-                let spec: Vec<String> = self
-                    .limits
-                    .iter()
-                    .flatten()
-                    .map(|(res, v)| format!("{}={v}", resource_name(*res)))
-                    .collect();
-                // The request's variables reach the command only, by the launcher's arguments:
-                // in its environment, LD_PRELOAD or GLIBC_TUNABLES would act on the launcher
-                // itself before the limits hold.
-                cmd.arg0("ferry-launch")
-                    .arg(LAUNCH)
-                    .arg(spec.join(","))
-                    .arg(full)
-                    .arg(program)
-                    .arg(env.len().to_string())
-                    .args(env.iter().map(|(k, v)| format!("{k}={v}")))
-                    .args(args);
-                self.server_env(&mut cmd);
-                return cmd;
-            }
-            _ => {
-                let mut cmd = tokio::process::Command::new(program);
-                cmd.args(args);
-                self.apply(&mut cmd);
-                cmd.envs(env);
-                return cmd;
-            }
-        };
-        cmd.args(args);
-        self.server_env(&mut cmd);
-        cmd.envs(env);
-        cmd
-    }
-
-    /// Clears the environment to the server's allowlisted variables.
-    fn server_env(&self, cmd: &mut tokio::process::Command) {
-        cmd.env_clear();
-        for (k, v) in self.env.iter() {
-            cmd.env(k, v);
-        }
-    }
-
-    /// `program` in the `PATH` its command will see.
-    fn find(&self, program: &str, path: Option<&str>) -> Option<std::path::PathBuf> {
-        let path = path.map(std::ffi::OsStr::new).or_else(|| {
-            self.env
+        let argv = std::iter::once(program)
+            .chain(args.iter().map(String::as_str))
+            .map(|a| c(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        Ok(Plan {
+            candidates,
+            argv,
+            envp,
+            cwd: c(cwd.as_os_str().as_bytes())?,
+            limits: self
+                .limits
                 .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_os_str())
-        })?;
-        find_program(program, path)
+                .flatten()
+                .map(|(res, v)| (*res as i32, *v))
+                .collect(),
+            ids: self.ids,
+            stdin,
+        })
     }
 
     /// Hands a terminal's pty to the commands' user (when not the server's), as a login would.
@@ -312,16 +262,13 @@ impl Confinement {
     }
 }
 
-/// Spawns a confined command under [`spawn_lock`], with a clear error for a missing or
+/// Starts a confined command under [`spawn_lock`], with a clear error for a missing or
 /// forbidden program (or working directory).
-pub fn spawn(
-    cmd: &mut tokio::process::Command,
-    program: &str,
-) -> crate::core::error::Result<tokio::process::Child> {
+pub fn spawn(plan: &Plan, program: &str) -> crate::core::error::Result<Process> {
     use crate::core::error::{Code, Error};
     let spawned = {
         let _lock = spawn_lock();
-        cmd.spawn()
+        plan.spawn()
     };
     spawned.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
@@ -376,9 +323,8 @@ fn resolve_user(spec: &str, passwd: &str) -> Result<(u32, u32, String), String> 
     found.ok_or_else(|| format!("exec user {spec:?}: no such user in /etc/passwd"))
 }
 
-mod launch;
-use launch::{FORK_RSS, find_program, resident, resource_name};
-pub use launch::{LAUNCH, launch};
+mod spawn;
+pub use spawn::{Plan, Process};
 
 #[cfg(test)]
 mod tests;

@@ -65,10 +65,6 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
     .unwrap()
     .0;
     cfg.shutdown_grace = Duration::from_secs(5);
-    // As `ferry serve` does when it has grown: commands are launched through the ferry binary
-    // (tests of the fork path set `launcher` to None).
-    cfg.core.exec.sandbox.launcher = Some(env!("CARGO_BIN_EXE_ferry").into());
-    cfg.core.exec.sandbox.launch_above = 0;
     // Tests send wrong tokens on purpose, many times: only tests of the limit keep its default.
     cfg.core.access.failure_burst = 1_000_000;
     // The test machine's rc files (slow to run) and history file stay out of terminal tests.

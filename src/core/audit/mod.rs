@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod writer;
@@ -134,6 +134,7 @@ pub struct AuditEntry {
 pub struct Audit {
     pool: SqlitePool,
     tx: mpsc::Sender<Event>,
+    urgent: Arc<Notify>,
 }
 
 impl Audit {
@@ -150,12 +151,15 @@ impl Audit {
             .pragma("cache_size", "-512");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A local file: no connection goes stale, so no ping before each use.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
-        let writer = tokio::spawn(writer(pool.clone(), rx));
-        Ok((Audit { pool, tx }, writer))
+        let urgent = Arc::new(Notify::new());
+        let writer = tokio::spawn(writer(pool.clone(), rx, urgent.clone()));
+        Ok((Audit { pool, tx, urgent }, writer))
     }
 
     async fn send(&self, ev: Event) {
@@ -189,21 +193,20 @@ impl Audit {
         command: &str,
         cwd: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(&actor.session_id)
-        .bind(actor.transport)
-        .bind(&actor.peer)
-        .bind(command)
-        .bind(cwd)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(Error::internal)?;
-        Ok(())
+        let (done, committed) = oneshot::channel();
+        self.send(Event::CommandStart {
+            id: id.to_string(),
+            actor: actor.clone(),
+            command: command.to_string(),
+            cwd: cwd.to_string(),
+            at: now_ms(),
+            done,
+        })
+        .await;
+        self.urgent.notify_one();
+        committed
+            .await
+            .map_err(|_| Error::internal("the audit store could not record the command"))
     }
 
     /// Completes a command's row.
@@ -225,6 +228,7 @@ impl Audit {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         self.send(Event::Flush(tx)).await;
+        self.urgent.notify_one();
         let _ = rx.await;
     }
 

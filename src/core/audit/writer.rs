@@ -3,11 +3,21 @@
 
 use crate::core::audit::{Actor, CommandEnd, DigestRow, TransferRow, now_ms};
 use sqlx::SqlitePool;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// What the writer is asked to record.
 pub(super) enum Event {
     SessionStart(Actor, i64),
+    /// A command about to run: acknowledged once its row is committed.
+    CommandStart {
+        id: String,
+        actor: Actor,
+        command: String,
+        cwd: String,
+        at: i64,
+        done: oneshot::Sender<()>,
+    },
     SessionEnd {
         id: String,
         bytes_in: u64,
@@ -21,11 +31,14 @@ pub(super) enum Event {
     Flush(oneshot::Sender<()>),
 }
 
-/// Writes batches until every sender is gone.
-pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>) {
+/// Writes batches until every sender is gone; `urgent` cuts the wait between batches short
+/// (someone awaits a row).
+pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urgent: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let flushing = batch.iter().any(|e| matches!(e, Event::Flush(_)));
+        let flushing = batch
+            .iter()
+            .any(|e| matches!(e, Event::Flush(_) | Event::CommandStart { .. }));
         if let Err(e) = write_batch(&pool, &mut batch).await {
             tracing::error!(error = %e, "audit batch failed");
         }
@@ -33,7 +46,10 @@ pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>) {
         if !flushing {
             // Let rows gather: under load one wake-up and one transaction then carry many
             // rows instead of each request waking this task and SQLite's thread.
-            tokio::time::sleep(LINGER).await;
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = urgent.notified() => {}
+            }
         }
     }
 }
@@ -82,14 +98,34 @@ async fn insert_transfers(
     Ok(())
 }
 
+/// Writes a batch in one transaction (a single row: one statement, committed by itself), then
+/// acknowledges those who wait for it.
 async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<()> {
     let mut flushes = Vec::new();
+    if batch.len() == 1 {
+        let mut conn = pool.acquire().await?;
+        write_events(&mut conn, batch, &mut flushes).await?;
+    } else {
+        let mut tx = pool.begin().await?;
+        write_events(&mut tx, batch, &mut flushes).await?;
+        tx.commit().await?;
+    }
+    for done in flushes {
+        let _ = done.send(());
+    }
+    Ok(())
+}
+
+async fn write_events(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &mut Vec<Event>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+) -> sqlx::Result<()> {
     let mut transfers = Vec::new();
-    let mut tx = pool.begin().await?;
     for ev in batch.drain(..) {
         // Rows keep their order: gathered transfers go in before any other event.
         if !matches!(ev, Event::Transfer(_)) && !transfers.is_empty() {
-            insert_transfers(&mut tx, &mut transfers).await?;
+            insert_transfers(tx, &mut transfers).await?;
         }
         match ev {
             Event::SessionStart(a, at) => {
@@ -105,6 +141,29 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
                 .bind(a.principal.role.as_str())
                 .execute(&mut *tx)
                 .await?;
+            }
+            Event::CommandStart {
+                id,
+                actor,
+                command,
+                cwd,
+                at,
+                done,
+            } => {
+                sqlx::query(
+                    "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(&actor.session_id)
+                .bind(actor.transport)
+                .bind(&actor.peer)
+                .bind(command)
+                .bind(cwd)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                flushes.push(done);
             }
             Event::SessionEnd {
                 id,
@@ -164,10 +223,6 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
             Event::Flush(done) => flushes.push(done),
         }
     }
-    insert_transfers(&mut tx, &mut transfers).await?;
-    tx.commit().await?;
-    for done in flushes {
-        let _ = done.send(());
-    }
+    insert_transfers(tx, &mut transfers).await?;
     Ok(())
 }

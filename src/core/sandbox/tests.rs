@@ -78,75 +78,89 @@ fn toml_shape_defaults_missing_fields() {
 }
 
 #[test]
-fn programs_are_found_as_execvp_would() {
-    let sh = find_program("sh", std::ffi::OsStr::new("/nonexistent:/usr/bin:/bin")).unwrap();
-    assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
-    // A directory is skipped, a missing program is left to execvp, and so is a relative entry.
-    assert_eq!(find_program("bin", std::ffi::OsStr::new("/usr:/")), None);
-    assert_eq!(
-        find_program("no-such-program-x", std::ffi::OsStr::new("/bin")),
-        None
-    );
-    assert_eq!(find_program("sh", std::ffi::OsStr::new("bin:/bin")), None);
-    assert_eq!(find_program("sh", std::ffi::OsStr::new(":/bin")), None);
-}
-
-#[test]
-fn without_limits_or_user_commands_spawn_directly() {
-    let off = Sandbox {
-        max_processes: Some(0),
-        max_open_files: Some(0),
-        ..Sandbox::default()
+fn plans_look_up_programs_as_execvp_would() {
+    let c = Sandbox::default().prepare().unwrap();
+    let root = std::path::Path::new("/");
+    let names = |p: &Plan| -> Vec<String> {
+        p.candidates
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect()
     };
-    let c = off.prepare().unwrap();
-    assert!(c.spawns_directly());
-    let cmd = c.command("sh", &[], &path("/usr/bin:/bin"));
-    let std = cmd.as_std();
-    assert!(std::path::Path::new(std.get_program()).is_absolute());
-    // A limit the server does not have needs code in the child.
-    let one = Sandbox {
-        max_cpu_seconds: Some(12345),
-        ..off
-    };
-    let c = one.clone().prepare().unwrap();
-    assert!(!c.spawns_directly());
-    assert_eq!(
-        c.command("sh", &[], &path("/bin")).as_std().get_program(),
-        "sh"
-    );
-    // With a launcher, it is the program, given the limits, the path found and argv[0].
-    let launched = Sandbox {
-        launcher: Some("/opt/ferry".into()),
-        launch_above: 0,
-        ..one
-    };
-    let c = launched.prepare().unwrap();
+    // The request's PATH, each entry in turn; an empty entry is the working directory.
+    let p = c
+        .plan("sh", &[], &path("/opt/x::/bin"), root, false)
+        .unwrap();
+    assert_eq!(names(&p), ["/opt/x/sh", "sh", "/bin/sh"]);
+    // A name with a slash is taken as it is.
+    let p = c.plan("./run.sh", &[], &path("/bin"), root, false).unwrap();
+    assert_eq!(names(&p), ["./run.sh"]);
+    // argv[0] is the name as given; the request's variables win over the server's.
     let args = ["-c".to_string(), "true".to_string()];
     let mut env = path("/usr/bin:/bin");
-    env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
-    let cmd = c.command("sh", &args, &env);
-    let cmd = cmd.as_std();
-    assert_eq!(cmd.get_program(), "/opt/ferry");
-    let got: Vec<_> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(got[..2], [LAUNCH, "cpu=12345"]);
-    assert!(got[2].ends_with("/sh"), "{got:?}");
-    let rest = [
-        "sh",
-        "2",
-        "LD_PRELOAD=/tmp/x.so",
-        "PATH=/usr/bin:/bin",
-        "-c",
-        "true",
+    env.insert("LANG".into(), "C".into());
+    let p = c.plan("sh", &args, &env, root, true).unwrap();
+    let argv: Vec<_> = p.argv.iter().map(|a| a.to_str().unwrap()).collect();
+    assert_eq!(argv, ["sh", "-c", "true"]);
+    let vars: Vec<_> = p.envp.iter().map(|a| a.to_str().unwrap()).collect();
+    assert!(vars.contains(&"PATH=/usr/bin:/bin") && vars.contains(&"LANG=C"));
+    assert_eq!(vars.iter().filter(|v| v.starts_with("LANG=")).count(), 1);
+    assert!(p.stdin);
+    // The default limits travel with the plan; a NUL byte is a bad request.
+    assert!(p.limits.contains(&(Resource::Nofile as i32, 1024)));
+    let err = c.plan("a\0b", &[], &env, root, false).err().unwrap();
+    assert_eq!(err.code, crate::core::error::Code::BadRequest);
+}
+
+#[tokio::test]
+async fn spawned_commands_run_confined_and_report_their_end() {
+    use tokio::io::AsyncReadExt;
+    let c = Sandbox {
+        max_cpu_seconds: Some(77),
+        ..Sandbox::default()
+    }
+    .prepare()
+    .unwrap();
+    let dir = std::env::temp_dir();
+    let args = [
+        "-c".to_string(),
+        "ulimit -t; pwd; echo oops >&2; exit 3".to_string(),
     ];
-    assert_eq!(got[3..], rest);
-    // The request's variables reach the command through the launcher, never its environment.
-    assert!(cmd.get_envs().all(|(k, _)| k != "LD_PRELOAD"));
-    // Not found: left to execvp after a fork, which reports it.
-    let cmd = c.command("no-such-program-x", &[], &path("/bin"));
-    assert_eq!(cmd.as_std().get_program(), "no-such-program-x");
+    let plan = c
+        .plan("sh", &args, &path("/usr/bin:/bin"), &dir, false)
+        .unwrap();
+    let mut child = plan.spawn().unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    let pwd = dir.canonicalize().unwrap();
+    assert_eq!(out, format!("77\n{}\n", pwd.display()));
+    assert_eq!(err, "oops\n");
+    assert_eq!(child.wait().await.unwrap().code(), Some(3));
+    // Its own process group, and a signal shows as one.
+    let args = ["-c".to_string(), "kill -9 $$".to_string()];
+    let plan = c.plan("sh", &args, &path("/bin"), &dir, false).unwrap();
+    let mut child = plan.spawn().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().await.unwrap().signal(), Some(9));
+    // A program found nowhere: the exec error, with nothing left running.
+    let plan = c
+        .plan("no-such-program-x", &[], &path("/bin"), &dir, false)
+        .unwrap();
+    let err = plan.spawn().err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
 }
 
 /// A request environment with only `PATH`.
