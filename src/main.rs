@@ -7,7 +7,15 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // A client drives one connection: one thread does it (with the blocking pool beside it for
+    // disk and MD5), and starts faster than a pool of workers.
+    let rt = match cli.command {
+        Command::Serve(_) => tokio::runtime::Runtime::new(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     let code = match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)).map(|_| 0),
         cmd => rt.block_on(ferry::cli::run_client(cmd)),

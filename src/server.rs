@@ -58,6 +58,7 @@ pub async fn start(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    crate::core::sandbox::keep_children();
     let (core, _writer) = Core::open(&cfg.core, shutdown.clone()).await?;
     let tcp_addr = listeners.tcp.local_addr()?;
     let http_addr = listeners.http.local_addr()?;

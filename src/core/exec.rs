@@ -268,27 +268,23 @@ impl Executor {
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
             let mut error = None;
-            let status = tokio::select! {
-                s = child.wait() => s.ok(),
+            // Ended but not reaped yet: its group's id cannot have been reused when it is killed.
+            tokio::select! {
+                _ = child.exited() => {}
                 _ = &mut deadline => {
                     error = Some(Error::new(Code::Timeout, format!(
                         "command ran past its {} ms timeout; its process group was killed", timeout.as_millis())));
-                    None
                 }
                 _ = cancel2.cancelled() => {
                     error = Some(Error::new(Code::Cancelled, "command cancelled; its process group was killed"));
-                    None
                 }
-                _ = cap.hit.notified() => None,
-            };
+                _ = cap.hit.notified() => {}
+            }
             // Whatever ended it, nothing of the group outlives the command.
             if let Some(pg) = pgid {
                 let _ = kill_process_group(pg, Signal::KILL);
             }
-            let status = match status {
-                Some(s) => Some(s),
-                None => child.wait().await.ok(),
-            };
+            let status = child.wait().await.ok();
             drain(readers, &cap).await;
             use std::os::unix::process::ExitStatusExt;
             let outcome = ExecOutcome {

@@ -270,7 +270,14 @@ pub fn spawn(plan: &Plan, program: &str) -> crate::core::error::Result<Process> 
         let _lock = spawn_lock();
         plan.spawn()
     };
-    spawned.map_err(|e| match e.kind() {
+    spawned.map_err(|SpawnError { err, in_cwd }| match err.kind() {
+        std::io::ErrorKind::NotFound if in_cwd => {
+            Error::new(Code::NotFound, "the working directory is gone")
+        }
+        std::io::ErrorKind::PermissionDenied if in_cwd => Error::new(
+            Code::ForbiddenPath,
+            format!("{program}: permission denied (to enter its cwd)"),
+        ),
         std::io::ErrorKind::NotFound => {
             Error::new(Code::NotFound, format!("{program}: command not found"))
         }
@@ -278,7 +285,15 @@ pub fn spawn(plan: &Plan, program: &str) -> crate::core::error::Result<Process> 
             Code::ForbiddenPath,
             format!("{program}: permission denied (to run it, or to enter its cwd)"),
         ),
-        _ => Error::internal(format!("spawn {program}: {e}")),
+        _ => match err.raw_os_error() {
+            Some(libc::ENOEXEC) => Error::bad_request(format!(
+                "{program}: exec format error (a script needs a #! line)"
+            )),
+            Some(libc::E2BIG) => Error::bad_request(format!(
+                "{program}: the arguments and environment are too long"
+            )),
+            _ => Error::internal(format!("spawn {program}: {err}")),
+        },
     })
 }
 
@@ -323,8 +338,10 @@ fn resolve_user(spec: &str, passwd: &str) -> Result<(u32, u32, String), String> 
     found.ok_or_else(|| format!("exec user {spec:?}: no such user in /etc/passwd"))
 }
 
+mod process;
 mod spawn;
-pub use spawn::{Plan, Process};
+pub use process::Process;
+pub use spawn::{Plan, SpawnError, keep_children};
 
 #[cfg(test)]
 mod tests;

@@ -4,11 +4,10 @@
 //! then execs, as glibc's `posix_spawn` does. A fork would copy the server's page tables and
 //! take copy-on-write faults, which grow with the server; this costs the same at any size.
 
+use super::Process;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
@@ -29,19 +28,6 @@ pub struct Plan {
     pub ids: Option<(u32, u32)>,
     /// Whether the command reads stdin from a pipe (else from /dev/null).
     pub stdin: bool,
-}
-
-/// A started command: its pipes, and its exit through a pidfd. Dropping it kills it.
-pub struct Process {
-    pid: u32,
-    pidfd: Option<AsyncFd<OwnedFd>>,
-    status: Option<ExitStatus>,
-    /// Its stdin, when piped.
-    pub stdin: Option<pipe::Sender>,
-    /// Its stdout.
-    pub stdout: Option<pipe::Receiver>,
-    /// Its stderr.
-    pub stderr: Option<pipe::Receiver>,
 }
 
 /// What the child reads (prepared by the parent) and writes (the error that stopped it).
@@ -73,23 +59,49 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
+/// Why a command did not start: the error, and whether it came from entering its working
+/// directory (else from the program: not found, not executable, or a setup step).
+#[derive(Debug)]
+pub struct SpawnError {
+    /// The system error.
+    pub err: io::Error,
+    /// Whether the working directory was the cause.
+    pub in_cwd: bool,
+}
+
+impl From<io::Error> for SpawnError {
+    fn from(err: io::Error) -> Self {
+        SpawnError { err, in_cwd: false }
+    }
+}
+
+/// The child's errno for a failed `chdir`, tagged so the parent can tell it from exec's.
+const CWD_FAILED: c_int = 1 << 16;
+
 impl Plan {
     /// Starts the command, or says why it could not (the child's exec error included).
     #[allow(unsafe_code)]
-    pub fn spawn(&self) -> io::Result<Process> {
-        let stdin = if self.stdin {
+    pub fn spawn(&self) -> Result<Process, SpawnError> {
+        // The server's ends are made ready (non-blocking, registered) before the child exists,
+        // so nothing can fail between its start and its `Process`, which kills it when dropped.
+        let (stdin_child, stdin) = if self.stdin {
             let (r, w) = pipe_pair()?;
-            (r, Some(w))
+            (r, Some(pipe::Sender::from_owned_fd(w)?))
         } else {
             let null = rustix::fs::open(
                 "/dev/null",
                 rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
-            )?;
+            )
+            .map_err(io::Error::from)?;
             (above_stdio(null)?, None)
         };
         let (out_r, out_w) = pipe_pair()?;
         let (err_r, err_w) = pipe_pair()?;
+        let (stdout, stderr) = (
+            pipe::Receiver::from_owned_fd(out_r)?,
+            pipe::Receiver::from_owned_fd(err_r)?,
+        );
         let nul = |v: &[CString]| {
             let mut p: Vec<*const c_char> = v.iter().map(|s| s.as_ptr()).collect();
             p.push(std::ptr::null());
@@ -100,19 +112,21 @@ impl Plan {
             argv: nul(&self.argv),
             envp: nul(&self.envp),
             cwd: self.cwd.as_ptr(),
-            stdio: [stdin.0.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            stdio: [
+                stdin_child.as_raw_fd(),
+                out_w.as_raw_fd(),
+                err_w.as_raw_fd(),
+            ],
             limits: self
                 .limits
                 .iter()
                 .map(|&(res, v)| {
                     let v = v as libc::rlim_t;
-                    (
-                        res,
-                        libc::rlimit {
-                            rlim_cur: v,
-                            rlim_max: v,
-                        },
-                    )
+                    let lim = libc::rlimit {
+                        rlim_cur: v,
+                        rlim_max: v,
+                    };
+                    (res, lim)
                 })
                 .collect(),
             ids: self.ids,
@@ -121,8 +135,9 @@ impl Plan {
         let mut stack = vec![0u128; STACK];
         // SAFETY: the child runs `child` on its own stack (the top of `stack`, 16-byte aligned)
         // and reads `args`, both alive until clone returns: with CLONE_VFORK this thread is
-        // suspended until the child has exec'd or exited. All signals are blocked around the
-        // clone so that no handler of the server runs in the child before it resets them.
+        // suspended until the child has exec'd or exited. Signals are blocked around the clone
+        // (all that glibc lets a program block) so that no handler of the server runs in the
+        // child before it has reset them.
         let (pid, clone_err) = unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             let mut old: libc::sigset_t = std::mem::zeroed();
@@ -139,44 +154,39 @@ impl Plan {
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             (pid, err)
         };
-        drop((stdin.0, out_w, err_w, stack));
-        if pid < 0 {
-            return Err(clone_err);
-        }
+        drop((stdin_child, out_w, err_w, stack));
+        let Some(pid_) = rustix::process::Pid::from_raw(pid) else {
+            return Err(clone_err.into());
+        };
         // SAFETY: the child has exec'd or exited (CLONE_VFORK); nothing else writes it now.
         let errno = unsafe { std::ptr::read_volatile(&args.errno) };
-        let pidfd = match rustix::process::Pid::from_raw(pid) {
-            Some(p) if errno == 0 => {
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK)
-            }
-            _ => Err(rustix::io::Errno::from_raw_os_error(errno)),
+        // Without PIDFD_NONBLOCK (Linux 5.10): every wait on it passes WNOHANG.
+        let watched = match errno {
+            0 => rustix::process::pidfd_open(pid_, rustix::process::PidfdFlags::empty())
+                .map_err(io::Error::from)
+                // SAFETY: the AsyncFd owns the pidfd, which stays open and the same while it
+                // lives.
+                .and_then(|fd| unsafe {
+                    AsyncFd::register_with_interest(fd, Interest::READABLE).map_err(Into::into)
+                }),
+            e => Err(io::Error::from_raw_os_error(e & !CWD_FAILED)),
         };
-        let pidfd = match pidfd {
-            Ok(fd) => fd,
-            Err(e) => {
-                // The child is gone (it failed to exec) or cannot be watched: end and reap it.
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(pid).expect("a positive pid"),
-                    rustix::process::Signal::KILL,
-                );
-                let _ = rustix::process::waitpid(
-                    rustix::process::Pid::from_raw(pid),
-                    rustix::process::WaitOptions::empty(),
-                );
-                return Err(e.into());
+        match watched {
+            Ok(pidfd) => Ok(Process::new(pid as u32, pidfd, stdin, stdout, stderr)),
+            Err(err) => {
+                // It failed to start (and has exited), or cannot be watched: end and reap it.
+                let _ = rustix::process::kill_process_group(pid_, rustix::process::Signal::KILL);
+                let _ = rustix::process::kill_process(pid_, rustix::process::Signal::KILL);
+                while let Err(rustix::io::Errno::INTR) =
+                    rustix::process::waitpid(Some(pid_), rustix::process::WaitOptions::empty())
+                {
+                }
+                Err(SpawnError {
+                    err,
+                    in_cwd: errno & CWD_FAILED != 0,
+                })
             }
-        };
-        let receiver = |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd);
-        // SAFETY: the AsyncFd owns the pidfd, which stays open and the same while it lives.
-        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?;
-        Ok(Process {
-            pid: pid as u32,
-            pidfd: Some(pidfd),
-            status: None,
-            stdin: stdin.1.map(pipe::Sender::from_owned_fd).transpose()?,
-            stdout: Some(receiver(out_r)?),
-            stderr: Some(receiver(err_r)?),
-        })
+        }
     }
 }
 
@@ -193,33 +203,47 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     }
 }
 
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86-64 and aarch64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
 /// Resets signals, then sets the group, stdio, user, directory and limits, and execs; returns
-/// the errno that stopped it.
+/// the errno that stopped it (tagged with [`CWD_FAILED`] for the directory).
 #[allow(unsafe_code)]
 unsafe fn setup_and_exec(args: &ChildArgs) -> c_int {
     let errno = || unsafe { *libc::__errno_location() };
     unsafe {
         // The server's handlers must not run here, and SIGPIPE (ignored by Rust) is the default
         // again for the command, as std does; other ignored signals stay ignored, as with exec.
+        // Raw system calls: libc's wrapper may take a lock (for SIGABRT) in the server's memory.
+        let act = |sig: c_int, new: *const KernelSigaction, old: *mut KernelSigaction| {
+            libc::syscall(libc::SYS_rt_sigaction, sig, new, old, 8usize)
+        };
+        let dfl = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
         for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            let mut old = KernelSigaction { ..dfl };
+            if act(sig, std::ptr::null(), &mut old) != 0 {
                 continue;
             }
-            if (old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN)
+            if (old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN)
                 || sig == libc::SIGPIPE
             {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                act(sig, &dfl, std::ptr::null_mut());
             }
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if libc::setpgid(0, 0) != 0 {
             return errno();
         }
@@ -241,13 +265,23 @@ unsafe fn setup_and_exec(args: &ChildArgs) -> c_int {
         }
         // As the user: a directory it may not enter is refused.
         if libc::chdir(args.cwd) != 0 {
-            return errno();
+            return errno() | CWD_FAILED;
         }
         for (res, lim) in &args.limits {
             if libc::setrlimit(*res as _, lim) != 0 {
                 return errno();
             }
         }
+        // Unblocked last, once in the command's own group (a Ctrl-Z to the server's group no
+        // longer reaches it), as glibc does just before exec.
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
         // As execvp: the next candidate after a missing file, EACCES if one was not executable.
         let mut failed = libc::ENOENT;
         let mut denied = false;
@@ -256,7 +290,7 @@ unsafe fn setup_and_exec(args: &ChildArgs) -> c_int {
             failed = errno();
             match failed {
                 libc::EACCES => denied = true,
-                libc::ENOENT | libc::ENOTDIR => {}
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
                 _ => return failed,
             }
         }
@@ -264,77 +298,19 @@ unsafe fn setup_and_exec(args: &ChildArgs) -> c_int {
     }
 }
 
-impl Process {
-    /// Its process id (also its process group's).
-    pub fn id(&self) -> u32 {
-        self.pid
-    }
-
-    /// Waits for it to end and reaps it; cancel-safe.
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(s) = self.try_wait()? {
-                return Ok(s);
-            }
-            let fd = self.pidfd.as_ref().expect("a pidfd until reaped");
-            fd.readable().await?.clear_ready();
+/// Puts SIGCHLD back to its default if ferry was started with it ignored: the kernel would then
+/// reap commands itself, before ferry could read how they ended.
+#[allow(unsafe_code)]
+pub fn keep_children() {
+    // SAFETY: reads and sets one signal's disposition; a handler already installed is kept.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) == 0
+            && (old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0)
+        {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGCHLD, &dfl, std::ptr::null_mut());
         }
     }
-
-    /// Its exit status if it has ended (reaping it), else None.
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if let Some(s) = self.status {
-            return Ok(Some(s));
-        }
-        let fd = self.pidfd.as_ref().expect("a pidfd until reaped");
-        let Some(raw) = reap(fd)? else {
-            return Ok(None);
-        };
-        let status = ExitStatus::from_raw(raw);
-        self.status = Some(status);
-        self.pidfd = None;
-        Ok(Some(status))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if self.status.is_some() {
-            return;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-        if let Ok(Some(_)) = self.try_wait() {
-            return;
-        }
-        // Reap it once it is gone, so that no zombie stays behind.
-        let (Ok(rt), Some(pidfd)) = (tokio::runtime::Handle::try_current(), self.pidfd.take())
-        else {
-            return;
-        };
-        rt.spawn(async move {
-            while reap(&pidfd).is_ok_and(|s| s.is_none()) {
-                match pidfd.readable().await {
-                    Ok(mut ready) => ready.clear_ready(),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-}
-
-/// Reaps the process of `pidfd` if it has ended: its `wait(2)` status, else None.
-fn reap(pidfd: &AsyncFd<OwnedFd>) -> io::Result<Option<i32>> {
-    let opts = rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG;
-    let Some(st) = rustix::process::waitid(rustix::process::WaitId::PidFd(pidfd.as_fd()), opts)?
-    else {
-        return Ok(None);
-    };
-    // The encoding std's ExitStatus holds: the code shifted left by 8, or the signal number.
-    Ok(Some(match (st.exit_status(), st.terminating_signal()) {
-        (Some(code), _) => (code & 0xff) << 8,
-        (None, Some(sig)) => sig & 0x7f | if st.dumped() { 0x80 } else { 0 },
-        (None, None) => 0,
-    }))
 }

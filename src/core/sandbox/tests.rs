@@ -160,7 +160,24 @@ async fn spawned_commands_run_confined_and_report_their_end() {
         .plan("no-such-program-x", &[], &path("/bin"), &dir, false)
         .unwrap();
     let err = plan.spawn().err().unwrap();
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(err.err.kind(), std::io::ErrorKind::NotFound);
+    assert!(!err.in_cwd);
+    // A working directory that is gone: told apart from a missing program.
+    let gone = dir.join("ferry-no-such-dir");
+    let plan = c.plan("true", &[], &path("/bin"), &gone, false).unwrap();
+    let err = plan.spawn().err().unwrap();
+    assert!(err.in_cwd && err.err.kind() == std::io::ErrorKind::NotFound);
+    // Killed before it ends, the whole group goes, and the process is reaped once gone.
+    let args = ["-c".to_string(), "sleep 30 & sleep 30".to_string()];
+    let plan = c
+        .plan("sh", &args, &path("/usr/bin:/bin"), &dir, false)
+        .unwrap();
+    let child = plan.spawn().unwrap();
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    drop(child);
+    while rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).is_ok() {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// A request environment with only `PATH`.
