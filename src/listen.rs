@@ -5,23 +5,78 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// Connections open across every transport.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Told when the last open connection closes.
+static QUIET: Notify = Notify::const_new();
+
+/// An open connection's place: it counts against its listener's cap and the connections open
+/// in the whole server until dropped (when the connection ends).
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        OPEN.fetch_add(1, Ordering::AcqRel);
+        Slot { _permit: permit }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if OPEN.fetch_sub(1, Ordering::AcqRel) == 1 {
+            QUIET.notify_one();
+        }
+    }
+}
+
+/// How long the server must stay without connections before it hands freed memory back.
+const QUIET_FOR: Duration = Duration::from_secs(1);
+
+/// Once no connection has been open for [`QUIET_FOR`], returns the memory the allocator kept
+/// from the last burst of work to the system (a busy minute can leave megabytes of freed heap
+/// in every thread's arena); runs until the runtime ends.
+pub async fn give_back_memory() {
+    loop {
+        QUIET.notified().await;
+        tokio::time::sleep(QUIET_FOR).await;
+        if OPEN.load(Ordering::Acquire) == 0 {
+            trim();
+        }
+    }
+}
+
+#[cfg(target_env = "gnu")]
+#[allow(unsafe_code)]
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory of glibc's arenas; it takes their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn trim() {}
+
 /// Accepts connections until `shutdown`, at most `max` at once (further ones wait in the
-/// kernel's backlog); hands each, with `TCP_NODELAY` set, to `serve` with the permit that
-/// counts it (drop the permit when the connection ends).
+/// kernel's backlog); hands each, with `TCP_NODELAY` set, to `serve` with the [`Slot`] that
+/// counts it (drop it when the connection ends).
 pub async fn accept_loop(
     listener: TcpListener,
     max: usize,
     shutdown: CancellationToken,
     what: &'static str,
-    mut serve: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+    mut serve: impl FnMut(TcpStream, SocketAddr, Slot),
 ) {
     let slots = Arc::new(Semaphore::new(max.max(1)));
     loop {
@@ -43,7 +98,7 @@ pub async fn accept_loop(
             _ = shutdown.cancelled() => break,
         };
         let _ = sock.set_nodelay(true);
-        serve(sock, peer, permit);
+        serve(sock, peer, Slot::new(permit));
     }
 }
 

@@ -59,6 +59,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     crate::core::sandbox::keep_children();
+    tokio::spawn(crate::listen::give_back_memory());
     let (core, _writer) = Core::open(&cfg.core, shutdown.clone()).await?;
     let tcp_addr = listeners.tcp.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
