@@ -52,6 +52,8 @@ def main() -> int:
         except Exception:  # one broken workload must not hide the others' figures
             traceback.print_exc()
             failed.append(name)
+        # The files a workload wrote go to disk now, not during the next one's measurements.
+        os.sync()
     minutes = (time.time() - started) / 60
     print(report.table(rows))
     machine = report.machine()

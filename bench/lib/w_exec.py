@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,18 +159,27 @@ class ExecBench:
         rows = []
         cli = [str(ctx.ferry_bin), "exec", "--addr", f"127.0.0.1:{tcp}", "--token", TOKEN, "-n",
                "--"]
+        # What no client of a 56 MB binary can beat: its own start, plus the command run here.
+        start = self.repeat(lambda: hyperfine_ms(ctx, [str(ctx.ferry_bin), "--version"],
+                                                 ctx.size(100, 10)))
         for what, cmd in (("`true`", ["true"]), ("`cat` of 1 MB", ["cat", str(self.file)])):
             log(f"exec: CLI {what}")
             f = self.repeat(lambda: hyperfine_ms(ctx, cli + cmd, ctx.size(100, 10)))
             s = None
             if sshd.ok:
                 s = self.repeat(lambda: hyperfine_ms(ctx, sshd.argv + cmd, ctx.size(30, 5)))
+            here = ["sh", "-c", shlex.quote(" ".join(cmd))]
+            local = self.repeat(lambda: hyperfine_ms(ctx, here, ctx.size(100, 10)))
+            floor = start + local if start is not None and local is not None else None
             rows.append(Row(
-                GROUP, f"exec {what}, CLI, new connection each time", "ms", f, {"ssh": s},
+                GROUP, f"exec {what}, CLI, new connection each time", "ms", f,
+                {"ssh": s, "floor": floor},
                 [Goal("ssh", 50, "min")], higher_is_better=False,
                 note="hyperfine -N median; `ferry exec -n -- CMD` (runs `sh -c`) against "
                      "`ssh -i key user@127.0.0.1 CMD` to a private sshd (ed25519, default "
-                     "ciphers; the login shell runs with an empty HOME); output to /dev/null"))
+                     "ciphers; the login shell runs with an empty HOME); output to /dev/null. "
+                     "floor: `ferry --version` plus `sh -c CMD` run locally, what the CLI "
+                     "costs with no network and no server at all"))
         return rows
 
     def conn_rows(self, tcp: int) -> list[Row]:
