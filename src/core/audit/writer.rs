@@ -66,7 +66,7 @@ const TRANSFER_ROWS: usize = 64;
 /// statement shapes are ever prepared and cached.
 async fn insert_transfers(
     tx: &mut sqlx::SqliteConnection,
-    rows: &mut Vec<TransferRow>,
+    rows: &mut Vec<&TransferRow>,
 ) -> sqlx::Result<()> {
     let mut rest = &rows[..];
     while !rest.is_empty() {
@@ -99,30 +99,50 @@ async fn insert_transfers(
 }
 
 /// Writes a batch in one transaction (a single row: one statement, committed by itself), then
-/// acknowledges those who wait for it.
+/// acknowledges those who wait for it. If the transaction fails, each event is written alone,
+/// so that one bad row costs only itself: a command whose start row fails is refused, the
+/// others run.
 async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<()> {
-    let mut flushes = Vec::new();
-    if batch.len() == 1 {
+    let single = batch.len() == 1;
+    let whole = if single {
         let mut conn = pool.acquire().await?;
-        write_events(&mut conn, batch, &mut flushes).await?;
+        write_events(&mut conn, batch).await
     } else {
         let mut tx = pool.begin().await?;
-        write_events(&mut tx, batch, &mut flushes).await?;
-        tx.commit().await?;
+        match write_events(&mut tx, batch).await {
+            Ok(()) => tx.commit().await,
+            Err(e) => Err(e),
+        }
+    };
+    let mut failed = None;
+    for ev in batch.drain(..) {
+        let written = match &whole {
+            Ok(()) => true,
+            Err(_) if matches!(ev, Event::Flush(_)) => true,
+            Err(_) if single => false,
+            Err(_) => {
+                let mut conn = pool.acquire().await?;
+                let alone = write_events(&mut conn, std::slice::from_ref(&ev)).await;
+                alone.map_err(|e| failed = Some(e)).is_ok()
+            }
+        };
+        match ev {
+            Event::CommandStart { done, .. } | Event::Flush(done) if written => {
+                let _ = done.send(());
+            }
+            _ => {}
+        }
     }
-    for done in flushes {
-        let _ = done.send(());
+    match (whole, failed) {
+        (Err(e), _) if single => Err(e),
+        (Err(_), Some(e)) => Err(e),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-async fn write_events(
-    tx: &mut sqlx::SqliteConnection,
-    batch: &mut Vec<Event>,
-    flushes: &mut Vec<oneshot::Sender<()>>,
-) -> sqlx::Result<()> {
+async fn write_events(tx: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
     let mut transfers = Vec::new();
-    for ev in batch.drain(..) {
+    for ev in batch {
         // Rows keep their order: gathered transfers go in before any other event.
         if !matches!(ev, Event::Transfer(_)) && !transfers.is_empty() {
             insert_transfers(tx, &mut transfers).await?;
@@ -148,7 +168,7 @@ async fn write_events(
                 command,
                 cwd,
                 at,
-                done,
+                ..
             } => {
                 sqlx::query(
                     "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at)
@@ -163,7 +183,6 @@ async fn write_events(
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-                flushes.push(done);
             }
             Event::SessionEnd {
                 id,
@@ -175,8 +194,8 @@ async fn write_events(
                     "UPDATE sessions SET ended_at = ?, bytes_in = ?, bytes_out = ?, end_reason = ? WHERE id = ?",
                 )
                 .bind(now_ms())
-                .bind(bytes_in as i64)
-                .bind(bytes_out as i64)
+                .bind(*bytes_in as i64)
+                .bind(*bytes_out as i64)
                 .bind(reason)
                 .bind(id)
                 .execute(&mut *tx)
@@ -193,12 +212,12 @@ async fn write_events(
                 .bind(c.duration_ms as i64)
                 .bind(c.bytes_out as i64)
                 .bind(c.truncated)
-                .bind(c.error)
-                .bind(c.id)
+                .bind(&c.error)
+                .bind(&c.id)
                 .execute(&mut *tx)
                 .await?;
             }
-            Event::Transfer(t) => transfers.push(*t),
+            Event::Transfer(t) => transfers.push(&**t),
             Event::Digest(d) => {
                 sqlx::query(
                     "INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) VALUES (?, ?, ?, ?, ?, ?)
@@ -220,9 +239,12 @@ async fn write_events(
                     .execute(&mut *tx)
                     .await?;
             }
-            Event::Flush(done) => flushes.push(done),
+            Event::Flush(_) => {}
         }
     }
     insert_transfers(tx, &mut transfers).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
