@@ -226,8 +226,10 @@ impl Confinement {
         Ok(())
     }
 
-    /// Confines a command about to be spawned: clears its environment to the allowlist, switches
-    /// its user and sets its resource limits between fork and exec. Spawn it under [`spawn_lock`].
+    /// Confines a terminal's shell about to be forked (`pty-process` starts it from a std
+    /// `Command`; exec uses [`Confinement::plan`]): clears its environment to the allowlist,
+    /// switches its user and sets its resource limits between fork and exec. Spawn it under
+    /// [`spawn_lock`].
     // `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded
     // process, where only async-signal-safe calls are sound. It makes only `setrlimit` system
     // calls (rustix, no libc wrapper state), on values computed before the fork: no allocation,
