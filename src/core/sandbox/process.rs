@@ -54,14 +54,11 @@ impl Process {
     /// Waits for it to end without reaping it, so that its process group's id stays its own
     /// (until [`Process::wait`]) and the group can still be killed safely; cancel-safe.
     pub async fn exited(&self) -> io::Result<()> {
-        let Some(fd) = self.pidfd.as_ref() else {
-            return Ok(());
-        };
-        loop {
-            if reap_with(fd, rustix::process::WaitIdOptions::NOWAIT)?.is_some() {
-                return Ok(());
-            }
-            fd.readable().await?.clear_ready();
+        match self.pidfd.as_ref() {
+            Some(fd) => wait_on(fd, rustix::process::WaitIdOptions::NOWAIT)
+                .await
+                .map(drop),
+            None => Ok(()),
         }
     }
 
@@ -99,13 +96,22 @@ impl Drop for Process {
             return;
         };
         rt.spawn(async move {
-            while reap(&pidfd).is_ok_and(|s| s.is_none()) {
-                match pidfd.readable().await {
-                    Ok(mut ready) => ready.clear_ready(),
-                    Err(_) => return,
-                }
-            }
+            let _ = wait_on(&pidfd, rustix::process::WaitIdOptions::empty()).await;
         });
+    }
+}
+
+/// Waits until the process of `pidfd` has ended: its `wait(2)` status, reaped unless `extra`
+/// has `NOWAIT`; cancel-safe.
+async fn wait_on(
+    pidfd: &AsyncFd<OwnedFd>,
+    extra: rustix::process::WaitIdOptions,
+) -> io::Result<i32> {
+    loop {
+        if let Some(status) = reap_with(pidfd, extra)? {
+            return Ok(status);
+        }
+        pidfd.readable().await?.clear_ready();
     }
 }
 
