@@ -7,7 +7,7 @@ use crate::core::digests::FileKey;
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, TEMP_MARKER, blocking};
 use crate::core::paths::RelPath;
-use crate::core::registry::{TransferState, new_id};
+use crate::core::registry::{TransferState, random_id};
 use crate::core::transfer::{QUEUE, TransferCtx};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,7 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     while !name.is_char_boundary(keep) {
         keep -= 1;
     }
-    let tmp = parent.join(&format!(".{}{TEMP_MARKER}{}", &name[..keep], new_id()));
+    let tmp = parent.join(&format!(".{}{TEMP_MARKER}{}", &name[..keep], random_id()));
     if let Ok(meta) = files.dir.metadata(rel.as_path())
         && meta.is_dir()
     {

@@ -26,7 +26,7 @@ use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
 use crate::core::put::{PutDone, create_temp};
-use crate::core::registry::{new_id, visible};
+use crate::core::registry::{random_id, visible};
 use crate::core::transfer::TransferCtx;
 use disk::Job;
 use serde::Serialize;
@@ -197,7 +197,7 @@ impl Uploads {
                 size: length.unwrap_or(0),
             },
         };
-        let id = new_id();
+        let id = random_id();
         let (stop, settled) = (CancellationToken::new(), CancellationToken::new());
         let job = Job {
             files: files.clone(),
