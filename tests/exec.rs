@@ -326,7 +326,7 @@ async fn audit_rows_and_registry() {
     let sessions = s.core.registry.sessions();
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].transport, "tcp");
-    assert_eq!(sessions[0].id, c.welcome.session);
+    assert_eq!(*sessions[0].id, *c.welcome.session);
     c.exec_collect(sh("echo audited")).await.unwrap();
     s.flush_audit().await;
     let row: (String, String, Option<i64>, Option<i64>) = sqlx::query_as(

@@ -82,7 +82,7 @@ async fn finished_transfer(
         loop {
             match rx.recv().await.unwrap() {
                 RegistryEvent::Transfer(t)
-                    if t.path == path && t.state != TransferState::InProgress =>
+                    if &*t.path == path && t.state != TransferState::InProgress =>
                 {
                     return t;
                 }
@@ -411,7 +411,7 @@ async fn one_connection_is_one_session_listed_with_tcp_ones() {
     tokio::time::timeout(PATIENCE, async {
         loop {
             if let RegistryEvent::SessionEnded { id } = rx.recv().await.unwrap() {
-                assert_eq!(id, ids[0]);
+                assert_eq!(*id, *ids[0]);
                 break;
             }
         }
@@ -1040,7 +1040,7 @@ async fn an_upload_cut_off_mid_body_leaves_nothing_under_the_name() {
         tokio::time::timeout(PATIENCE, async {
             loop {
                 let t = s.core.registry.transfers();
-                if t.iter().any(|t| t.path == name && t.bytes_done > 0) {
+                if t.iter().any(|t| &*t.path == name && t.bytes_done > 0) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -1428,11 +1428,7 @@ async fn a_fifty_megabyte_download_matches_md5sum() {
     assert_eq!(t.state, TransferState::Mismatch, "{t:?}");
     let checks = s.core.registry.checks();
     assert_eq!(
-        (
-            checks[0].result,
-            checks[0].expected.as_str(),
-            &checks[0].actual
-        ),
+        (checks[0].result, &*checks[0].expected, &checks[0].actual),
         ("mismatch", want.as_str(), &None)
     );
     s.stop().await;

@@ -344,7 +344,7 @@ async fn a_creation_cut_off_mid_body_leaves_nothing_under_the_name() {
             _ => {}
         }
     };
-    assert_eq!(ended.path, "gone.bin");
+    assert_eq!(&*ended.path, "gone.bin");
     assert_eq!(ended.state, TransferState::Cancelled);
     assert!(!s.path("gone.bin").exists());
     assert!(temp_files(&s.root).is_empty(), "{:?}", temp_files(&s.root));
@@ -381,7 +381,7 @@ async fn a_wrong_final_md5_keeps_the_old_file_and_drops_the_upload() {
     assert_eq!(head(&s, &location).await.status(), StatusCode::NOT_FOUND);
     let check = &s.core.registry.checks()[0];
     assert_eq!(check.result, "mismatch");
-    assert_eq!(check.expected, wrong);
+    assert_eq!(*check.expected, *wrong);
     assert_eq!(check.actual.as_deref(), Some(md5_of(&data).as_str()));
     s.stop().await;
 }

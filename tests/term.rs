@@ -191,7 +191,7 @@ async fn shell_echoes_resizes_and_exits_with_its_code_recorded() {
             .registry
             .sessions()
             .iter()
-            .all(|s| s.id != t.id))
+            .all(|s| *s.id != *t.id))
         .await
     );
 
@@ -424,7 +424,7 @@ async fn an_idle_session_ends_and_no_record_records_nothing() {
             .registry
             .sessions()
             .iter()
-            .all(|s| s.id != t.id))
+            .all(|s| *s.id != *t.id))
         .await
     );
     assert_eq!(srv.count("sessions", &ended).await, 1);

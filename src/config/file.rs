@@ -104,7 +104,7 @@ impl ConfigFile {
                 "token {name:?}: the same token is listed twice"
             );
             cfg.tokens.push(TokenEntry {
-                name: name.clone(),
+                name: name.as_str().into(),
                 role,
                 digest,
             });
@@ -155,7 +155,7 @@ mod tests {
             .unwrap()
             .access()
             .unwrap();
-        assert_eq!(cfg.tokens[0].name, "bob");
+        assert_eq!(&*cfg.tokens[0].name, "bob");
         assert_eq!(cfg.tokens[0].role, Role::Write);
         assert_eq!(cfg.tokens[0].digest, token_digest("t"));
     }

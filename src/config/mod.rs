@@ -149,7 +149,7 @@ impl ServeArgs {
             anyhow::ensure!(!t.trim().is_empty(), "--token must not be empty");
             // Sessions are shown to the token of the same name: no config token may share it.
             anyhow::ensure!(
-                !access.tokens.iter().any(|e| e.name == "admin"),
+                !access.tokens.iter().any(|e| &*e.name == "admin"),
                 "{}: a token is named admin, the name of --token's; rename it or drop --token",
                 path.display()
             );

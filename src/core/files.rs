@@ -192,15 +192,15 @@ impl Files {
         tracing::info!(session = %actor.session_id, transport = actor.transport, path = %rel, kind = %entry.kind, "delete");
         self.audit
             .transfer(TransferRow {
-                id: new_id(),
+                id: new_id().into(),
                 actor: actor.clone(),
-                path: rel.as_str().to_string(),
+                path: rel.as_str().into(),
                 direction: "delete",
                 size: entry.size,
                 bytes: 0,
-                md5: entry.md5.clone(),
+                md5: entry.md5.as_deref().map(Into::into),
                 expected_md5: None,
-                result: "deleted".to_string(),
+                result: "deleted",
                 started_at: now_ms(),
                 ended_at: now_ms(),
             })

@@ -128,9 +128,9 @@ impl Core {
         principal: Arc<Principal>,
     ) -> (Actor, SessionGuard) {
         let actor = Actor {
-            session_id: new_id(),
+            session_id: new_id().into(),
             transport,
-            peer,
+            peer: peer.into(),
             principal,
         };
         let guard = self.registry.open_session(&actor);

@@ -112,7 +112,7 @@ impl Conn {
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             server: format!("ferry/{}", env!("CARGO_PKG_VERSION")),
-            session: actor.session_id.clone(),
+            session: actor.session_id.to_string(),
             limits: Limits {
                 max_frame: self.cfg.max_frame as u32,
                 window: self.cfg.window,

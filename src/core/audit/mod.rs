@@ -25,11 +25,11 @@ pub fn now_ms() -> i64 {
 #[derive(Debug, Clone, Serialize)]
 pub struct Actor {
     /// The session id.
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// `tcp`, `http`, `ws` or `legacy`.
     pub transport: &'static str,
     /// The peer address.
-    pub peer: String,
+    pub peer: Arc<str>,
     /// Who authenticated, and what they may do.
     #[serde(skip)]
     pub principal: Arc<Principal>,
@@ -70,11 +70,11 @@ pub struct CommandEnd {
 #[derive(Debug, Clone, Serialize)]
 pub struct TransferRow {
     /// The transfer id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Who moved it.
     pub actor: Actor,
     /// Path under the root.
-    pub path: String,
+    pub path: Arc<str>,
     /// `get` or `put`.
     pub direction: &'static str,
     /// The file's full size.
@@ -82,11 +82,11 @@ pub struct TransferRow {
     /// Bytes actually moved.
     pub bytes: u64,
     /// The MD5 computed or served.
-    pub md5: Option<String>,
+    pub md5: Option<Arc<str>>,
     /// The MD5 the client announced, if any.
-    pub expected_md5: Option<String>,
+    pub expected_md5: Option<Arc<str>>,
     /// verified, mismatch, failed or cancelled.
-    pub result: String,
+    pub result: &'static str,
     /// Start, unix ms.
     pub started_at: i64,
     /// End, unix ms.

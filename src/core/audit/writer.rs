@@ -88,7 +88,7 @@ async fn insert_transfers(
                 .push_bind(t.bytes as i64)
                 .push_bind(&t.md5)
                 .push_bind(&t.expected_md5)
-                .push_bind(&t.result)
+                .push_bind(t.result)
                 .push_bind(t.started_at)
                 .push_bind(t.ended_at);
         });

@@ -107,7 +107,7 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The token's name (`anonymous` for the public reader).
-    pub name: String,
+    pub name: Arc<str>,
     /// What it may do.
     pub role: Role,
     /// The programs (argv[0]) it may run, when its role has an allowlist.
@@ -118,7 +118,7 @@ impl Principal {
     /// A principal with every permission and no program allowlist (for the core's own tests).
     pub fn admin(name: &str) -> Principal {
         Principal {
-            name: name.to_string(),
+            name: name.into(),
             role: Role::Admin,
             programs: None,
         }
@@ -195,7 +195,7 @@ pub fn program_allowed(allow: &[String], argv0: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct TokenEntry {
     /// A name for logs, the registry and the audit.
-    pub name: String,
+    pub name: Arc<str>,
     /// What the token may do.
     pub role: Role,
     /// SHA-256 of the token.
@@ -253,7 +253,7 @@ impl Auth {
     pub fn new(cfg: &AccessConfig) -> Self {
         let principal = |name: &str, role: Role| {
             Arc::new(Principal {
-                name: name.to_string(),
+                name: name.into(),
                 role,
                 programs: cfg.programs.get(&role).map(|p| p.clone().into()),
             })

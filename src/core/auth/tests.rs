@@ -24,7 +24,7 @@ fn tokens_map_to_their_principals() {
         Role::Admin
     );
     let bob = a.authenticate(PEER, Some("bobs-token")).unwrap();
-    assert_eq!((bob.name.as_str(), bob.role), ("bob", Role::Read));
+    assert_eq!((&*bob.name, bob.role), ("bob", Role::Read));
     for bad in [
         None,
         Some(""),

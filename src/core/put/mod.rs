@@ -49,9 +49,9 @@ impl Files {
             let _slot = slot;
             write_loop(&files, file, rx, &rel3, &tmp, size, expected, &commit2)
         });
-        let handle = self
-            .registry
-            .start_transfer(actor, rel.as_str(), "put", size.unwrap_or(0));
+        let handle =
+            self.registry
+                .start_transfer(actor, rel.as_str().into(), "put", size.unwrap_or(0));
         Ok(PutSink {
             tx: Some(tx),
             worker: Some(worker),
@@ -61,7 +61,7 @@ impl Files {
             ctx: TransferCtx {
                 files: self.clone(),
                 actor: actor.clone(),
-                path: rel.as_str().to_string(),
+                path: rel.as_str().into(),
                 handle: Some(handle),
                 started_at: now_ms(),
                 size: size.unwrap_or(0),

@@ -81,8 +81,8 @@ struct LiveTransfer {
 
 #[derive(Default)]
 struct Inner {
-    sessions: HashMap<String, LiveSession>,
-    transfers: HashMap<String, LiveTransfer>,
+    sessions: HashMap<Arc<str>, LiveSession>,
+    transfers: HashMap<Arc<str>, LiveTransfer>,
     recent: VecDeque<TransferInfo>,
     checks: VecDeque<CheckInfo>,
 }
@@ -122,8 +122,11 @@ impl Registry {
         self.events.subscribe()
     }
 
-    fn emit(&self, ev: RegistryEvent) {
-        let _ = self.events.send(ev);
+    /// Sends the event `ev` builds, when anyone listens (else it is not even built).
+    fn emit(&self, ev: impl FnOnce() -> RegistryEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(ev());
+        }
     }
 
     /// Registers a session; it is removed when the returned guard drops.
@@ -150,7 +153,7 @@ impl Registry {
                 counters: counters.clone(),
             },
         );
-        self.emit(RegistryEvent::SessionStarted(info));
+        self.emit(|| RegistryEvent::SessionStarted(info));
         SessionGuard {
             registry: self.clone(),
             id: actor.session_id.clone(),
@@ -186,17 +189,17 @@ impl Registry {
     pub fn start_transfer(
         &self,
         actor: &Actor,
-        path: &str,
+        path: Arc<str>,
         direction: &'static str,
         total: u64,
     ) -> TransferHandle {
         let done = Arc::new(AtomicU64::new(0));
         let info = TransferInfo {
-            id: new_id(),
+            id: new_id().into(),
             session_id: actor.session_id.clone(),
             user: actor.principal.name.clone(),
             transport: actor.transport,
-            path: path.to_string(),
+            path,
             direction,
             bytes_done: 0,
             bytes_total: total,
@@ -213,7 +216,7 @@ impl Registry {
                 done: done.clone(),
             },
         );
-        self.emit(RegistryEvent::Transfer(info.clone()));
+        self.emit(|| RegistryEvent::Transfer(info.clone()));
         TransferHandle {
             registry: self.clone(),
             id: info.id,
@@ -243,7 +246,7 @@ impl Registry {
             }
             inner.checks.push_back(check.clone());
         }
-        self.emit(RegistryEvent::Check(check));
+        self.emit(|| RegistryEvent::Check(check));
     }
 
     /// Recent MD5 checks, newest first.
@@ -258,7 +261,7 @@ impl Registry {
             .collect()
     }
 
-    fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<String>) {
+    fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<Arc<str>>) {
         let info = {
             let mut inner = self.inner.lock().unwrap();
             let Some(t) = inner.transfers.remove(id) else {
@@ -278,7 +281,7 @@ impl Registry {
             inner.recent.push_back(info.clone());
             info
         };
-        self.emit(RegistryEvent::Transfer(info));
+        self.emit(|| RegistryEvent::Transfer(info));
     }
 }
 
@@ -295,7 +298,7 @@ fn snapshot(t: &LiveTransfer) -> TransferInfo {
 /// Keeps a session registered while alive.
 pub struct SessionGuard {
     registry: Registry,
-    id: String,
+    id: Arc<str>,
     transport: &'static str,
     /// The session's byte counters.
     pub counters: Arc<SessionCounters>,
@@ -317,7 +320,7 @@ impl Drop for SessionGuard {
             .sessions
             .remove(&self.id);
         self.registry.metrics.session_closed(self.transport);
-        self.registry.emit(RegistryEvent::SessionEnded {
+        self.registry.emit(|| RegistryEvent::SessionEnded {
             id: self.id.clone(),
         });
     }
@@ -326,14 +329,14 @@ impl Drop for SessionGuard {
 /// A live transfer; dropping it unfinished marks it failed.
 pub struct TransferHandle {
     registry: Registry,
-    id: String,
+    id: Arc<str>,
     done: Arc<AtomicU64>,
     finished: bool,
 }
 
 impl TransferHandle {
     /// The transfer id.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &Arc<str> {
         &self.id
     }
 
@@ -348,7 +351,7 @@ impl TransferHandle {
     }
 
     /// Ends the transfer in `state`.
-    pub fn finish(mut self, state: TransferState, md5: Option<String>) {
+    pub fn finish(mut self, state: TransferState, md5: Option<Arc<str>>) {
         self.finished = true;
         self.registry.finish_transfer(&self.id, state, md5);
     }

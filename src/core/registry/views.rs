@@ -4,18 +4,19 @@
 use crate::core::auth::{Action, Principal, Role};
 use crate::core::error::Result;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// A live session as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
     /// Session id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Transport name.
     pub transport: &'static str,
     /// Peer address.
-    pub peer: String,
+    pub peer: Arc<str>,
     /// The token's name.
-    pub user: String,
+    pub user: Arc<str>,
     /// The token's role.
     pub role: Role,
     /// Start, unix ms.
@@ -48,15 +49,15 @@ pub enum TransferState {
 #[derive(Debug, Clone, Serialize)]
 pub struct TransferInfo {
     /// Transfer id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Owning session.
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// The token's name of the owning session.
-    pub user: String,
+    pub user: Arc<str>,
     /// Transport name.
     pub transport: &'static str,
     /// Path under the root.
-    pub path: String,
+    pub path: Arc<str>,
     /// `get` or `put`.
     pub direction: &'static str,
     /// Bytes moved so far.
@@ -66,7 +67,7 @@ pub struct TransferInfo {
     /// Average rate so far, bytes per second.
     pub rate: u64,
     /// MD5, once known.
-    pub md5: Option<String>,
+    pub md5: Option<Arc<str>>,
     /// State.
     pub state: TransferState,
     /// Start, unix ms.
@@ -80,21 +81,21 @@ pub struct TransferInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckInfo {
     /// The transfer it belongs to.
-    pub transfer_id: String,
+    pub transfer_id: Arc<str>,
     /// Owning session.
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// The token's name of the owning session.
-    pub user: String,
+    pub user: Arc<str>,
     /// Transport name.
     pub transport: &'static str,
     /// Path under the root.
-    pub path: String,
+    pub path: Arc<str>,
     /// `get` or `put`.
     pub direction: &'static str,
     /// The MD5 that should hold.
-    pub expected: String,
+    pub expected: Arc<str>,
     /// The MD5 found, when known.
-    pub actual: Option<String>,
+    pub actual: Option<Arc<str>>,
     /// `ok` or `mismatch`.
     pub result: &'static str,
     /// When, unix ms.
@@ -110,7 +111,7 @@ pub enum RegistryEvent {
     /// A session ended.
     SessionEnded {
         /// Its id.
-        id: String,
+        id: Arc<str>,
     },
     /// A transfer started, progressed or finished.
     Transfer(TransferInfo),
@@ -133,7 +134,7 @@ impl RegistryEvent {
 
 /// Whether `viewer` may see what the token named `owner` did.
 pub fn visible(viewer: &Principal, owner: &str) -> bool {
-    viewer.allows(Action::Admin) || viewer.name == owner
+    viewer.allows(Action::Admin) || &*viewer.name == owner
 }
 
 impl super::Registry {

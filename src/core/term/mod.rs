@@ -204,7 +204,7 @@ impl Terminals {
             return Err(Error::internal("no terminal shell configured"));
         };
         let shell = inner.cfg.shell.join(" ");
-        let id = actor.session_id.clone();
+        let id = actor.session_id.to_string();
         let rec_path = format!("{}/{id}.cast", record::RECORDINGS);
         let line = if inner.cfg.record {
             format!("terminal {shell} (recording {rec_path})")

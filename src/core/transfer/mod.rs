@@ -8,6 +8,7 @@ use crate::core::registry::{CheckInfo, TransferHandle, TransferState};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 mod open;
@@ -71,7 +72,7 @@ pub struct GetStream {
 pub(crate) struct TransferCtx {
     pub(crate) files: Files,
     pub(crate) actor: Actor,
-    pub(crate) path: String,
+    pub(crate) path: Arc<str>,
     pub(crate) handle: Option<TransferHandle>,
     pub(crate) started_at: i64,
     pub(crate) size: u64,
@@ -91,7 +92,9 @@ impl TransferCtx {
             return;
         };
         let bytes = handle.done();
-        let id = handle.id().to_string();
+        let id = handle.id().clone();
+        let md5: Option<Arc<str>> = md5.map(Into::into);
+        let expected: Option<Arc<str>> = expected.map(Into::into);
         handle.finish(state, md5.clone());
         let result = match state {
             TransferState::Verified => "verified",
@@ -109,7 +112,7 @@ impl TransferCtx {
             registry.record_check(CheckInfo {
                 transfer_id: id.clone(),
                 session_id: self.actor.session_id.clone(),
-                user: self.actor.user().to_string(),
+                user: self.actor.principal.name.clone(),
                 transport: self.actor.transport,
                 path: self.path.clone(),
                 direction,
@@ -136,7 +139,7 @@ impl TransferCtx {
                 bytes,
                 md5,
                 expected_md5: expected,
-                result: result.to_string(),
+                result,
                 started_at: self.started_at,
                 ended_at: now_ms(),
             })
@@ -295,10 +298,11 @@ impl GetFile {
                 Source::Disk(rx)
             }
         };
+        let path: Arc<str> = self.path.into();
         let handle = self
             .files
             .registry
-            .start_transfer(&self.actor, &self.path, "get", want);
+            .start_transfer(&self.actor, path.clone(), "get", want);
         Ok(GetStream {
             header: GetHeader {
                 size,
@@ -313,7 +317,7 @@ impl GetFile {
             ctx: TransferCtx {
                 files: self.files,
                 actor: self.actor,
-                path: self.path,
+                path,
                 handle: Some(handle),
                 started_at: now_ms(),
                 size,

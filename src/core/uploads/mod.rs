@@ -182,16 +182,17 @@ impl Uploads {
         // The guard removes the file if this request goes away before the upload holds it.
         let (tmp, file) = blocking(move || create_temp(&files, &rel2)).await?.keep();
         let files = &self.inner.files;
-        let handle = files
-            .registry
-            .start_transfer(actor, rel.as_str(), "put", length.unwrap_or(0));
+        let handle =
+            files
+                .registry
+                .start_transfer(actor, rel.as_str().into(), "put", length.unwrap_or(0));
         let parked = Parked {
             file,
             md5: Md5Stream::new(),
             ctx: TransferCtx {
                 files: files.clone(),
                 actor: actor.clone(),
-                path: rel.as_str().to_string(),
+                path: rel.as_str().into(),
                 handle: Some(handle),
                 started_at: now_ms(),
                 size: length.unwrap_or(0),
