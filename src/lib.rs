@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod legacy;
 pub mod listen;
 pub mod server;
 pub mod tcp;

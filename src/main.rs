@@ -64,6 +64,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("tcp  {}", running.tcp_addr);
     println!("http {scheme}://{}", running.http_addr);
+    if args.legacy {
+        let nets: Vec<String> = args.legacy_allow.iter().map(|n| n.to_string()).collect();
+        println!(
+            "legacy line protocol on {}, from loopback{}",
+            running.tcp_addr,
+            if nets.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", nets.join(", "))
+            }
+        );
+    }
     if let Some(cert) = &args.tls_cert {
         println!("tls  both listeners, certificate {}", cert.display());
     }

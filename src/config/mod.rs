@@ -7,6 +7,7 @@ use crate::core::auth::{AccessConfig, Role, TokenEntry, load_or_create_token, to
 use crate::core::exec::ExecLimits;
 use crate::core::term::TermConfig;
 use crate::http::HttpConfig;
+use crate::legacy::LegacyConfig;
 use crate::server::ServerConfig;
 use crate::tcp::TcpConfig;
 use crate::tls::ServerTls;
@@ -91,6 +92,20 @@ pub struct ServeArgs {
     /// repeatable or comma-separated, `*` allows any.
     #[arg(long, env = "FERRY_ALLOW_ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
+    /// Also accept the legacy line protocol on the TCP port: classic command and file clients,
+    /// which carry no token, from loopback and --legacy-allow networks only.
+    #[arg(long, env = "FERRY_LEGACY")]
+    pub legacy: bool,
+    /// Networks (CIDR, such as 10.0.0.0/8) whose legacy clients are accepted besides loopback;
+    /// repeatable or comma-separated.
+    #[arg(
+        long,
+        env = "FERRY_LEGACY_ALLOW",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        requires = "legacy"
+    )]
+    pub legacy_allow: Vec<ipnet::IpNet>,
     /// PEM certificate chain (leaf first): with --tls-key, both listeners speak TLS only.
     #[arg(
         long,
@@ -215,6 +230,13 @@ impl ServeArgs {
                 max_frame: self.max_frame as usize,
                 hello_timeout: Duration::from_secs(self.hello_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
+                legacy: self.legacy.then(|| {
+                    std::sync::Arc::new(LegacyConfig {
+                        allow: self.legacy_allow.clone(),
+                        idle_timeout: Duration::from_secs(self.idle_timeout),
+                        ..LegacyConfig::default()
+                    })
+                }),
                 ..TcpConfig::default()
             },
             http: HttpConfig {

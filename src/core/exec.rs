@@ -18,6 +18,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+/// Output cap of a command whose transport holds all its output before answering.
+pub const BUFFERED_OUTPUT: u64 = 16 << 20;
+
 /// How long a command waits for a free slot before `busy`.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
@@ -101,6 +104,19 @@ impl ExecHandle {
     /// Kills the command's process group now.
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Reads all the output, then waits for the end: stdout, stderr and how it ended. Set a
+    /// `max_output` on the request (such as [`BUFFERED_OUTPUT`]) to bound what this holds.
+    pub async fn collect(mut self) -> (Vec<u8>, Vec<u8>, ExecOutcome) {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(out) = self.output.recv().await {
+            match out {
+                ExecOutput::Stdout(b) => stdout.extend_from_slice(&b),
+                ExecOutput::Stderr(b) => stderr.extend_from_slice(&b),
+            }
+        }
+        (stdout, stderr, self.outcome().await)
     }
 
     /// Waits for the end; call after `output` is drained (it closes first).

@@ -2,7 +2,7 @@
 
 use crate::core::Core;
 use crate::core::audit::Actor;
-use crate::core::exec::{ExecHandle, ExecOutcome, ExecOutput, ExecRequest};
+use crate::core::exec::{BUFFERED_OUTPUT, ExecHandle, ExecOutcome, ExecOutput, ExecRequest};
 use crate::http::ApiError;
 use axum::Json;
 use axum::body::Body;
@@ -74,10 +74,6 @@ struct Collected {
     exit: Exit,
 }
 
-/// Most output a JSON (not streamed) answer holds; past it the command is killed and the answer
-/// says `truncated`. NDJSON streams have the server's whole `--max-output`.
-pub const BUFFERED_OUTPUT: u64 = 16 << 20;
-
 async fn start(
     core: &Core,
     actor: &Actor,
@@ -103,6 +99,8 @@ async fn start(
                 env,
                 timeout_ms,
                 stdin: stdin.is_some(),
+                // A JSON answer holds the whole output: past the cap the command is killed and
+                // the answer says `truncated`. NDJSON streams have the whole `--max-output`.
                 max_output: (!streamed).then_some(BUFFERED_OUTPUT),
             },
         )
@@ -136,7 +134,7 @@ pub async fn exec(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"));
-    let mut handle = start(&core, &actor, req, streamed).await?;
+    let handle = start(&core, &actor, req, streamed).await?;
     if streamed {
         let lines = futures_util::stream::unfold(Lines::new(handle), |mut l| async move {
             let line = l.next().await?;
@@ -149,14 +147,8 @@ pub async fn exec(
         );
         return Ok(resp);
     }
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    while let Some(out) = handle.output.recv().await {
-        match out {
-            ExecOutput::Stdout(b) => stdout.extend_from_slice(&b),
-            ExecOutput::Stderr(b) => stderr.extend_from_slice(&b),
-        }
-    }
-    let exit = Exit::from(handle.outcome().await);
+    let (stdout, stderr, outcome) = handle.collect().await;
+    let exit = Exit::from(outcome);
     Ok(Json(Collected {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),

@@ -7,6 +7,7 @@ mod ops;
 mod writer;
 
 use crate::core::Core;
+use crate::legacy::{self, LegacyConfig, Sniffed};
 use crate::listen::establish;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct TcpConfig {
     pub hello_timeout: Duration,
     /// How long an authenticated connection may go without a frame and with no stream open.
     pub idle_timeout: Duration,
+    /// The legacy line protocol on the same port, when it is on.
+    pub legacy: Option<Arc<LegacyConfig>>,
 }
 
 impl Default for TcpConfig {
@@ -38,12 +41,15 @@ impl Default for TcpConfig {
             window: 4 * 1024 * 1024,
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            legacy: None,
         }
     }
 }
 
 /// Accepts connections until `shutdown`; each runs on `tracker`. `kill` ends them all at once.
-/// With `tls`, each connection first makes a TLS handshake, within the hello timeout.
+/// With `tls`, each connection first makes a TLS handshake, within the hello timeout. With the
+/// legacy protocol on, a connection whose first byte is neither a frame's (0x00) nor a TLS
+/// handshake's (0x16) is a legacy client.
 pub async fn serve(
     core: Core,
     cfg: TcpConfig,
@@ -65,8 +71,20 @@ pub async fn serve(
             kill.clone(),
         );
         let (tls, cfg, shutdown) = (tls.clone(), cfg.clone(), shutdown.clone());
+        let (core, kill) = (core.clone(), kill.clone());
         tracker.spawn(async move {
             let timeout = cfg.hello_timeout;
+            if let Some(lcfg) = &cfg.legacy {
+                match legacy::sniff(&sock, timeout, &shutdown).await {
+                    Sniffed::Framed => {}
+                    Sniffed::Gone => return,
+                    Sniffed::Legacy => {
+                        legacy::serve(core, lcfg.clone(), sock, peer, shutdown, kill).await;
+                        drop(permit);
+                        return;
+                    }
+                }
+            }
             if let Some(sock) = establish(sock, peer, tls.as_ref(), timeout, &shutdown, "tcp").await
             {
                 conn.run(sock).await;

@@ -58,6 +58,8 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         term_idle: 3600,
         no_record: false,
         allow_origin: Vec::new(),
+        legacy: false,
+        legacy_allow: Vec::new(),
         tls_cert: None,
         tls_key: None,
     }

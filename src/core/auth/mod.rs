@@ -245,10 +245,20 @@ impl AccessConfig {
 pub struct Auth {
     tokens: Arc<[(TokenEntry, Arc<Principal>)]>,
     anonymous: Option<Arc<Principal>>,
+    legacy: Arc<Principal>,
     limiter: Arc<FailureLimiter>,
 }
 
+/// The principal of the legacy line protocol's clients, which carry no token.
+pub const LEGACY: &str = "legacy";
+
 impl Auth {
+    /// Who a legacy line-protocol client is (it carries no token; its address was checked):
+    /// `legacy`, with the `exec` role and that role's program allowlist.
+    pub fn legacy(&self) -> Arc<Principal> {
+        self.legacy.clone()
+    }
+
     /// An authenticator for `cfg`.
     pub fn new(cfg: &AccessConfig) -> Self {
         let principal = |name: &str, role: Role| {
@@ -267,6 +277,7 @@ impl Auth {
             anonymous: cfg
                 .public_read
                 .then(|| principal("anonymous", Role::Anonymous)),
+            legacy: principal(LEGACY, Role::Exec),
             limiter: Arc::new(FailureLimiter::new(cfg.failure_burst, REFILL)),
         }
     }
