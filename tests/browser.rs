@@ -20,15 +20,21 @@ async fn ui_in_headless_chromium() {
         dir.join("tests/e2e/node_modules/playwright-core").is_dir(),
         "run `npm ci` in tests/e2e first (or set FERRY_SKIP_BROWSER=1)"
     );
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|cfg| {
+        cfg.tcp.legacy = Some(std::sync::Arc::new(ferry::legacy::LegacyConfig::default()));
+    })
+    .await;
     // A raw TCP session, for the dashboard to show next to the browser's own HTTP session.
     let _tcp = srv.client().await;
+    // And a legacy line client, left connected after one command.
+    let _legacy = legacy_session(&srv.addr).await;
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let run = tokio::process::Command::new("node")
         .arg(dir.join("tests/e2e/ui.mjs"))
         .arg(&srv.http)
         .arg(TOKEN)
         .arg("--expect-tcp")
+        .arg("--expect-legacy")
         .env("FERRY_SCREENSHOTS", &shots)
         .current_dir(dir)
         .kill_on_drop(true)
@@ -43,4 +49,19 @@ async fn ui_in_headless_chromium() {
     assert!(out.status.success(), "the browser test failed:\n{stdout}");
     assert!(shots.join("dashboard.png").is_file());
     srv.stop().await;
+}
+
+/// A connection of the classic line protocol, after one command and its answer.
+async fn legacy_session(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"echo hi").await.unwrap();
+    let mut len = [0u8; 1];
+    s.read_exact(&mut len).await.unwrap();
+    assert_eq!(&len, b"3");
+    s.write_all(b"ok").await.unwrap();
+    let mut out = [0u8; 3];
+    s.read_exact(&mut out).await.unwrap();
+    assert_eq!(&out, b"hi\n");
+    s
 }

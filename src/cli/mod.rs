@@ -66,7 +66,7 @@ pub fn token_new(a: &TokenNewArgs) -> anyhow::Result<()> {
     };
     anyhow::ensure!(
         valid_name(&name),
-        "--name {name:?}: use letters, digits, '_' and '-' (at most 64), not anonymous"
+        "--name {name:?}: use letters, digits, '_' and '-' (at most 64), not anonymous or legacy"
     );
     println!(
         "# The token of {name:?} (role {}): give it to its user; ferry keeps only its hash.",

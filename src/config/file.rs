@@ -52,11 +52,12 @@ pub fn token_line(name: &str, role: Role, digest: &[u8; 32]) -> String {
 }
 
 /// Whether `name` may name a token: letters, digits, `_` and `-`, at most 64 (a bare TOML
-/// key), and not `anonymous`, the public reader's name.
+/// key), and not `anonymous` or `legacy`, the names of the public reader and legacy clients.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name != "anonymous"
+        && name != crate::core::auth::LEGACY
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
@@ -86,7 +87,7 @@ impl ConfigFile {
         for (name, t) in &self.tokens {
             anyhow::ensure!(
                 valid_name(name),
-                "token name {name:?}: use letters, digits, '_' and '-' (at most 64), not anonymous"
+                "token name {name:?}: use letters, digits, '_' and '-' (at most 64), not anonymous or legacy"
             );
             let role: Role = t
                 .role
@@ -169,6 +170,7 @@ mod tests {
             "[tokens]\nbob = { role = \"read\", sha256 = \"zz\" }".to_string(),
             format!("[tokens]\n\"b b\" = {{ role = \"read\", sha256 = \"{hash}\" }}"),
             format!("[tokens]\nanonymous = {{ role = \"read\", sha256 = \"{hash}\" }}"),
+            format!("[tokens]\nlegacy = {{ role = \"read\", sha256 = \"{hash}\" }}"),
             format!("[tokens]\n\"a.b\" = {{ role = \"read\", sha256 = \"{hash}\" }}"),
             format!(
                 "[tokens]\na = {{ role = \"read\", sha256 = \"{hash}\" }}\nb = {{ role = \"admin\", sha256 = \"{hash}\" }}"

@@ -1,7 +1,7 @@
 // ferry's UI in real headless Chromium: log in, watch the dashboard, upload a file and see its
 // transfer and MD5 check, try the terminal when the server has one.
 //
-//   node tests/e2e/ui.mjs http://127.0.0.1:PORT TOKEN [--expect-tcp]
+//   node tests/e2e/ui.mjs http://127.0.0.1:PORT TOKEN [--expect-tcp] [--expect-legacy]
 //
 // CHROMIUM picks the browser (default /usr/bin/chromium); FERRY_SCREENSHOTS the directory for
 // screenshots (default docs/screenshots). Prints one line per check and exits non-zero on failure.
@@ -13,7 +13,7 @@ import path from 'node:path';
 
 const [base, token, ...flags] = process.argv.slice(2);
 if (!base || !token) {
-  console.error('usage: node ui.mjs HTTP_URL TOKEN [--expect-tcp]');
+  console.error('usage: node ui.mjs HTTP_URL TOKEN [--expect-tcp] [--expect-legacy]');
   process.exit(2);
 }
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -130,6 +130,9 @@ try {
     await page.locator('#sessions tr.session[data-transport="http"]').first().waitFor();
     if (flags.includes('--expect-tcp')) {
       await page.locator('#sessions tr.session[data-transport="tcp"]').first().waitFor();
+    }
+    if (flags.includes('--expect-legacy')) {
+      await page.locator('#sessions tr.session[data-transport="legacy"]').first().waitFor();
     }
   });
 
