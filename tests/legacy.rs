@@ -31,11 +31,14 @@ fn script() -> String {
 
 /// Runs the clients script; its JSON lines, one per answer.
 async fn clients(args: &[&str]) -> Vec<Value> {
-    let out = Command::new("python3")
+    let run = Command::new("python3")
         .arg(script())
         .args(args)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
+        .expect("the client finishes within 2 minutes")
         .expect("python3 runs");
     assert!(
         out.status.success(),
@@ -48,6 +51,19 @@ async fn clients(args: &[&str]) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Waits until the audit has a row of `table` matching `cond` (a session's end is written just
+/// after its client leaves); fails after 10 s.
+async fn eventually(s: &TestServer, table: &str, cond: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.count(table, cond).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {table} row with {cond}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn md5_hex(b: &[u8]) -> String {
@@ -81,14 +97,12 @@ async fn command_client_runs_several_commands_on_one_connection() {
     assert_eq!(got[3]["text"], "hi from the root\n");
     assert_eq!(got[4]["text"], "caf\u{e9} 42");
     assert_eq!(s.count("sessions", "transport = 'legacy'").await, 1);
-    assert_eq!(
-        s.count(
-            "sessions",
-            "transport = 'legacy' AND user = 'legacy' AND end_reason = 'closed by peer'"
-        )
-        .await,
-        1
-    );
+    eventually(
+        &s,
+        "sessions",
+        "transport = 'legacy' AND user = 'legacy' AND end_reason = 'closed by peer'",
+    )
+    .await;
     assert_eq!(
         s.count("commands", "transport = 'legacy' AND exit_code = 0")
             .await,
@@ -240,13 +254,44 @@ async fn hangup_kills_the_running_command() {
     drop(stdin);
     assert!(client.wait().await.unwrap().success());
     assert!(wait_dead(pid).await, "the command outlived its client");
-    assert_eq!(
-        s.count(
-            "sessions",
-            "transport = 'legacy' AND end_reason = 'closed by peer'"
-        )
-        .await,
-        1
+    eventually(
+        &s,
+        "sessions",
+        "transport = 'legacy' AND end_reason = 'closed by peer'",
+    )
+    .await;
+    s.stop().await;
+}
+
+/// What a web page makes a browser send to this port (an HTTP request whose target is a shell
+/// line) is never run: the connection is closed. Control characters in a line are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_never_run() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = legacy_server(|_| {}).await;
+    let marker = s.path("pwned");
+    let mut sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let req = "GET /;touch${IFS}pwned; HTTP/1.1\r\nHost: 127.0.0.1:8888\r\nAccept: */*\r\n\r\n";
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let got = clients(&["commands", &port(&s), "ok", "touch pwned2\necho hi"]).await;
+    assert!(
+        got[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("control characters")
     );
+    assert!(!marker.exists() && !s.path("pwned2").exists());
+    assert_eq!(s.count("commands", "transport = 'legacy'").await, 0);
+    eventually(
+        &s,
+        "sessions",
+        "transport = 'legacy' AND end_reason = 'http request refused'",
+    )
+    .await;
     s.stop().await;
 }

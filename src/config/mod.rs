@@ -198,6 +198,11 @@ impl ServeArgs {
         anyhow::ensure!(self.upload_expiry > 0, "--upload-expiry must be positive");
         anyhow::ensure!(self.term_idle > 0, "--term-idle must be positive");
         anyhow::ensure!(self.idle_timeout > 0, "--idle-timeout must be positive");
+        anyhow::ensure!(
+            !(self.legacy && self.tls_cert.is_some()),
+            "--legacy and --tls-cert do not go together: legacy clients speak plain text, and \
+             with TLS the TCP port is TLS only"
+        );
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(ServerTls::from_pem_files(cert, key).map_err(anyhow::Error::msg)?)

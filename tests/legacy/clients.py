@@ -20,12 +20,31 @@ import os
 import socket
 import sys
 
+# A protocol bug must fail the test, not hang it.
+TIMEOUT = 60
+
+
+def connect(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    return s
+
 
 def read_length(s):
-    """The length arrives alone: int() fails if data is stuck to it (the sticky-packet bug)."""
+    """The length arrives alone: digits only, and nothing more waiting behind them (data stuck
+    to the length is the sticky-packet bug)."""
     head = s.recv(1024)
     if not head:
         raise SystemExit("server closed the connection")
+    if not head.isdigit():
+        raise SystemExit(f"the length is not digits alone: {head[:40]!r}")
+    s.setblocking(False)
+    try:
+        extra = s.recv(1)
+    except BlockingIOError:
+        extra = b""
+    s.settimeout(TIMEOUT)
+    if extra:
+        raise SystemExit(f"data arrived with the length {head!r}")
     return int(head.decode())
 
 
@@ -45,7 +64,7 @@ def report_output(out):
 
 
 def commands(port, ack, cmds):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = connect(port)
     for cmd in cmds:
         s.send(cmd.encode("utf-8"))
         length = read_length(s)
@@ -56,7 +75,7 @@ def commands(port, ack, cmds):
 
 
 def joined(port, cmds):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = connect(port)
     s.send(cmds[0].encode())
     length = read_length(s)
     s.send(b"ack")
@@ -72,7 +91,7 @@ def joined(port, cmds):
 
 
 def get(port, dest, names):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = connect(port)
     for name in names:
         s.send(f"get {name}".encode())
         size = read_length(s)
@@ -88,7 +107,7 @@ def get(port, dest, names):
 
 
 def hangup(port, cmd):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = connect(port)
     s.send(cmd.encode())
     # Wait for the server's sign that the command started, then leave without answering.
     sys.stdin.readline()
