@@ -997,3 +997,43 @@ async fn token_new_lines_make_a_config_file_that_serve_enforces() {
         "{o:?}"
     );
 }
+
+/// `ferry serve --legacy` as a process: the flag turns the line protocol on (the startup lines
+/// say so), a classic client is answered on the TCP port, framed clients still are; with TLS the
+/// server refuses to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_legacy_flag() {
+    let base = tempfile::tempdir().unwrap();
+    let (root, data) = (base.path().join("root"), base.path().join("data"));
+    let mut c = serve_cmd(base.path(), &root, &data);
+    c.arg("--legacy");
+    let mut srv = Served::spawn(c);
+    let addr = srv.until("tcp ").await;
+    let said = srv.until("legacy ").await;
+    let token = srv.until("token ").await;
+    assert!(said.contains("from loopback"), "{said}");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"echo classic").await.unwrap();
+    let mut len = [0u8; 1];
+    s.read_exact(&mut len).await.unwrap();
+    assert_eq!(&len, b"8");
+    s.write_all(b"ok").await.unwrap();
+    let mut out = [0u8; 8];
+    s.read_exact(&mut out).await.unwrap();
+    assert_eq!(&out, b"classic\n");
+    drop(s);
+    let o = exec_with(&addr, &token, "echo framed").await;
+    assert_eq!(o.stdout, "framed\n", "{o:?}");
+    let (code, _, log) = srv.terminate().await;
+    assert_eq!(code, 0, "{log}");
+
+    let mut c = serve_cmd(base.path(), &root, &data);
+    c.args(["--legacy", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+    let o = run(c, None).await;
+    assert!(
+        o.code != 0
+            && o.stderr
+                .contains("--legacy and --tls-cert do not go together"),
+        "{o:?}"
+    );
+}

@@ -150,7 +150,16 @@ async fn file_client_gets_10_mb_with_its_md5() {
     std::fs::create_dir(s.path("adir")).unwrap();
     let dest = tempfile::tempdir().unwrap();
     let d = dest.path().to_str().unwrap();
-    let got = clients(&["get", &port(&s), d, "big.bin", "missing.bin", "adir"]).await;
+    let got = clients(&[
+        "get",
+        &port(&s),
+        d,
+        "big.bin",
+        "missing.bin",
+        "adir",
+        "../etc/passwd",
+    ])
+    .await;
     assert_eq!(got[0]["size"], 10_000_000);
     assert_eq!(got[0]["ok"], true);
     assert_eq!(got[0]["md5"], md5sum(&s.path("big.bin")));
@@ -167,6 +176,11 @@ async fn file_client_gets_10_mb_with_its_md5() {
         );
     }
     assert!(got[1]["text"].as_str().unwrap().contains("not_found"));
+    assert!(
+        got[3]["text"].as_str().unwrap().contains("forbidden_path"),
+        "{}",
+        got[3]
+    );
     assert_eq!(
         s.count(
             "transfers",
