@@ -118,6 +118,18 @@ impl Conn {
         };
         self.counters.add_in(n as u64);
         buf.truncate(n);
+        // A line that came in two segments may have its tail here already: take it too.
+        let mut more = [0u8; MAX_LINE + 1];
+        while buf.len() <= MAX_LINE {
+            match self.sock.try_read(&mut more[..MAX_LINE + 1 - buf.len()]) {
+                Ok(m @ 1..) => {
+                    self.counters.add_in(m as u64);
+                    buf.extend_from_slice(&more[..m]);
+                }
+                _ => break,
+            }
+        }
+        let n = buf.len();
         if n > MAX_LINE {
             // Too long: take in the rest that is already here, so it is not read as the ack.
             let mut more = [0u8; 4096];
