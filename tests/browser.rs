@@ -27,7 +27,8 @@ async fn ui_in_headless_chromium() {
     // A raw TCP session, for the dashboard to show next to the browser's own HTTP session.
     let _tcp = srv.client().await;
     // And a legacy line client, left connected after one command.
-    let _legacy = legacy_session(&srv.addr).await;
+    let (_legacy, out) = common::legacy_exchange(&srv.addr, "echo hi").await;
+    assert_eq!(out, b"hi\n");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let run = tokio::process::Command::new("node")
         .arg(dir.join("tests/e2e/ui.mjs"))
@@ -49,19 +50,4 @@ async fn ui_in_headless_chromium() {
     assert!(out.status.success(), "the browser test failed:\n{stdout}");
     assert!(shots.join("dashboard.png").is_file());
     srv.stop().await;
-}
-
-/// A connection of the classic line protocol, after one command and its answer.
-async fn legacy_session(addr: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"echo hi").await.unwrap();
-    let mut len = [0u8; 1];
-    s.read_exact(&mut len).await.unwrap();
-    assert_eq!(&len, b"3");
-    s.write_all(b"ok").await.unwrap();
-    let mut out = [0u8; 3];
-    s.read_exact(&mut out).await.unwrap();
-    assert_eq!(&out, b"hi\n");
-    s
 }

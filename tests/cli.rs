@@ -1012,15 +1012,8 @@ async fn serve_legacy_flag() {
     let said = srv.until("legacy ").await;
     let token = srv.until("token ").await;
     assert!(said.contains("from loopback"), "{said}");
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"echo classic").await.unwrap();
-    let mut len = [0u8; 1];
-    s.read_exact(&mut len).await.unwrap();
-    assert_eq!(&len, b"8");
-    s.write_all(b"ok").await.unwrap();
-    let mut out = [0u8; 8];
-    s.read_exact(&mut out).await.unwrap();
-    assert_eq!(&out, b"classic\n");
+    let (s, out) = legacy_exchange(&addr, "echo classic").await;
+    assert_eq!(out, b"classic\n");
     drop(s);
     let o = exec_with(&addr, &token, "echo framed").await;
     assert_eq!(o.stdout, "framed\n", "{o:?}");

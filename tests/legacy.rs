@@ -190,15 +190,7 @@ async fn file_client_gets_10_mb_with_its_md5() {
         1
     );
     // The API shows the legacy transfer as any other.
-    let v: Value = s
-        .web()
-        .get(s.url("/api/v1/transfers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = s.api("/api/v1/transfers").await;
     let list = v["transfers"].as_array().unwrap();
     assert!(
         list.iter()

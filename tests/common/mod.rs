@@ -133,6 +133,18 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The JSON answer of an authenticated `GET` of an API path.
+    pub async fn api(&self, path: &str) -> serde_json::Value {
+        self.web()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A path under the served root.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
@@ -170,6 +182,21 @@ impl TestServer {
     pub fn take_running(&mut self) -> Running {
         self.running.take().unwrap()
     }
+}
+
+/// One exchange of the legacy line protocol at `addr`: sends `cmd`, reads the length (digits
+/// alone), acknowledges, reads the output. Returns the still open connection and the output.
+pub async fn legacy_exchange(addr: &str, cmd: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(cmd.as_bytes()).await.unwrap();
+    let mut head = [0u8; 32];
+    let n = s.read(&mut head).await.unwrap();
+    let len: usize = std::str::from_utf8(&head[..n]).unwrap().parse().unwrap();
+    s.write_all(b"ok").await.unwrap();
+    let mut out = vec![0u8; len];
+    s.read_exact(&mut out).await.unwrap();
+    (s, out)
 }
 
 /// Deterministic pseudo-random bytes (xorshift), fast enough for 100 MB in a debug build.
