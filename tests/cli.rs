@@ -1006,12 +1006,18 @@ async fn serve_legacy_flag() {
     let base = tempfile::tempdir().unwrap();
     let (root, data) = (base.path().join("root"), base.path().join("data"));
     let mut c = serve_cmd(base.path(), &root, &data);
-    c.arg("--legacy");
+    c.args([
+        "--legacy",
+        "--legacy-ack-wait",
+        "200",
+        "--legacy-allow",
+        "10.0.0.0/8",
+    ]);
     let mut srv = Served::spawn(c);
     let addr = srv.until("tcp ").await;
     let said = srv.until("legacy ").await;
     let token = srv.until("token ").await;
-    assert!(said.contains("from loopback"), "{said}");
+    assert!(said.contains("from loopback and 10.0.0.0/8"), "{said}");
     let (s, out) = legacy_exchange(&addr, "echo classic").await;
     assert_eq!(out, b"classic\n");
     drop(s);

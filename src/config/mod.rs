@@ -106,6 +106,15 @@ pub struct ServeArgs {
         requires = "legacy"
     )]
     pub legacy_allow: Vec<ipnet::IpNet>,
+    /// Milliseconds to wait for a legacy client's acknowledgement before sending the data
+    /// anyway (raise it for clients on slow links).
+    #[arg(
+        long,
+        env = "FERRY_LEGACY_ACK_WAIT",
+        default_value_t = 100,
+        requires = "legacy"
+    )]
+    pub legacy_ack_wait: u64,
     /// PEM certificate chain (leaf first): with --tls-key, both listeners speak TLS only.
     #[arg(
         long,
@@ -238,6 +247,7 @@ impl ServeArgs {
                 legacy: self.legacy.then(|| {
                     std::sync::Arc::new(LegacyConfig {
                         allow: self.legacy_allow.clone(),
+                        ack_wait: Duration::from_millis(self.legacy_ack_wait.max(1)),
                         idle_timeout: Duration::from_secs(self.idle_timeout),
                         ..LegacyConfig::default()
                     })

@@ -60,6 +60,7 @@ pub fn config(root: PathBuf, data: PathBuf) -> ServerConfig {
         allow_origin: Vec::new(),
         legacy: false,
         legacy_allow: Vec::new(),
+        legacy_ack_wait: 100,
         tls_cert: None,
         tls_key: None,
     }
