@@ -18,6 +18,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the server's variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the server: the raw TCP protocol and the HTTP plane (files, exec, API, metrics).
     Serve(ServeArgs),
