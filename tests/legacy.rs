@@ -5,6 +5,7 @@
 mod common;
 
 use common::{TestServer, md5sum, random_bytes, wait_dead};
+use ferry::core::registry::RegistryEvent;
 use ferry::legacy::LegacyConfig;
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+use tokio::sync::broadcast;
 
 async fn legacy_server(tweak: impl FnOnce(&mut ferry::server::ServerConfig)) -> TestServer {
     TestServer::start_with(|cfg| {
@@ -53,17 +55,20 @@ async fn clients(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until the audit has a row of `table` matching `cond` (a session's end is written just
-/// after its client leaves); fails after 10 s.
-async fn eventually(s: &TestServer, table: &str, cond: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while s.count(table, cond).await != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {table} row with {cond}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits for the registry to report a session's end: the server writes its audit row first.
+async fn session_ended(events: &mut broadcast::Receiver<RegistryEvent>) {
+    let ended = async {
+        loop {
+            match events.recv().await {
+                Ok(RegistryEvent::SessionEnded { .. }) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("registry events ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the legacy session ends within 10 s");
 }
 
 fn md5_hex(b: &[u8]) -> String {
@@ -75,6 +80,7 @@ fn md5_hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_client_runs_several_commands_on_one_connection() {
     let s = legacy_server(|_| {}).await;
+    let mut events = s.core.registry.subscribe();
     std::fs::write(s.path("hello.txt"), "hi from the root\n").unwrap();
     let big = "head -c 5242880 /dev/zero | tr '\\0' x";
     let p = port(&s);
@@ -97,12 +103,15 @@ async fn command_client_runs_several_commands_on_one_connection() {
     assert_eq!(got[3]["text"], "hi from the root\n");
     assert_eq!(got[4]["text"], "caf\u{e9} 42");
     assert_eq!(s.count("sessions", "transport = 'legacy'").await, 1);
-    eventually(
-        &s,
-        "sessions",
-        "transport = 'legacy' AND user = 'legacy' AND end_reason = 'closed by peer'",
-    )
-    .await;
+    session_ended(&mut events).await;
+    assert_eq!(
+        s.count(
+            "sessions",
+            "transport = 'legacy' AND user = 'legacy' AND end_reason = 'closed by peer'"
+        )
+        .await,
+        1
+    );
     assert_eq!(
         s.count("commands", "transport = 'legacy' AND exit_code = 0")
             .await,
@@ -236,6 +245,7 @@ async fn bad_lines_and_timeouts_get_clear_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hangup_kills_the_running_command() {
     let s = legacy_server(|_| {}).await;
+    let mut events = s.core.registry.subscribe();
     let fifo = s.path("pid.fifo");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
@@ -260,12 +270,15 @@ async fn hangup_kills_the_running_command() {
     drop(stdin);
     assert!(client.wait().await.unwrap().success());
     assert!(wait_dead(pid).await, "the command outlived its client");
-    eventually(
-        &s,
-        "sessions",
-        "transport = 'legacy' AND end_reason = 'closed by peer'",
-    )
-    .await;
+    session_ended(&mut events).await;
+    assert_eq!(
+        s.count(
+            "sessions",
+            "transport = 'legacy' AND end_reason = 'closed by peer'"
+        )
+        .await,
+        1
+    );
     s.stop().await;
 }
 
@@ -275,6 +288,7 @@ async fn hangup_kills_the_running_command() {
 async fn http_requests_are_never_run() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = legacy_server(|_| {}).await;
+    let mut events = s.core.registry.subscribe();
     let marker = s.path("pwned");
     let mut sock = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
     let req = "GET /;touch${IFS}pwned; HTTP/1.1\r\nHost: 127.0.0.1:8888\r\nAccept: */*\r\n\r\n";
@@ -293,11 +307,16 @@ async fn http_requests_are_never_run() {
     );
     assert!(!marker.exists() && !s.path("pwned2").exists());
     assert_eq!(s.count("commands", "transport = 'legacy'").await, 0);
-    eventually(
-        &s,
-        "sessions",
-        "transport = 'legacy' AND end_reason = 'http request refused'",
-    )
-    .await;
+    // Both connections' sessions: the HTTP request's and the client's.
+    session_ended(&mut events).await;
+    session_ended(&mut events).await;
+    assert_eq!(
+        s.count(
+            "sessions",
+            "transport = 'legacy' AND end_reason = 'http request refused'"
+        )
+        .await,
+        1
+    );
     s.stop().await;
 }

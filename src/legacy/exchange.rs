@@ -355,9 +355,9 @@ fn parse(raw: &[u8]) -> Line<'_> {
     }
 }
 
-/// An error as answer text.
+/// An error as answer text: `ferry: CODE: MESSAGE`.
 fn failure(e: &Error) -> Vec<u8> {
-    format!("ferry: {}: {}\n", e.code, e.message).into_bytes()
+    format!("ferry: {e}\n").into_bytes()
 }
 
 #[cfg(test)]
