@@ -77,17 +77,19 @@ async fn insert_transfers(
             "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
              md5, expected_md5, result, started_at, ended_at) ",
         );
+        // Shared strings are bound as clones of their `Arc`: sqlx copies a borrowed string
+        // into a new allocation on every bind, an `Arc<str>` it keeps as it is.
         q.push_values(chunk, |mut b, t| {
-            b.push_bind(&t.id)
-                .push_bind(&t.actor.session_id)
+            b.push_bind(t.id.clone())
+                .push_bind(t.actor.session_id.clone())
                 .push_bind(t.actor.transport)
-                .push_bind(&t.actor.peer)
-                .push_bind(&t.path)
+                .push_bind(t.actor.peer.clone())
+                .push_bind(t.path.clone())
                 .push_bind(t.direction)
                 .push_bind(t.size as i64)
                 .push_bind(t.bytes as i64)
-                .push_bind(&t.md5)
-                .push_bind(&t.expected_md5)
+                .push_bind(t.md5.clone())
+                .push_bind(t.expected_md5.clone())
                 .push_bind(t.result)
                 .push_bind(t.started_at)
                 .push_bind(t.ended_at);
