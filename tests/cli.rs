@@ -339,12 +339,13 @@ async fn exec_token_flag() {
 
 // ---------------------------------------------------------------- files
 
+/// 40 MiB: past the 32 MiB at which both sides start flushing to disk in the background.
 #[tokio::test(flavor = "multi_thread")]
-async fn put_get_round_trip_of_20mb() {
+async fn put_get_round_trip_of_40mib() {
     let s = TestServer::start().await;
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("big.bin");
-    let data = random_bytes(20 << 20, 0xfe77);
+    let data = random_bytes(40 << 20, 0xfe77);
     std::fs::write(&local, &data).unwrap();
     let md5 = md5sum(&local);
 

@@ -1,7 +1,7 @@
 //! The operations of the client, each on its own stream.
 
 use super::{Client, ClientError, Result, StreamSender};
-use crate::core::checksum::Md5Stream;
+use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::exec::ExecRequest;
 use crate::core::files::Entry;
 use crate::tcp::codec::{Frame, Kind};
@@ -187,13 +187,18 @@ impl Client {
             offset: header.offset,
         });
         let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+        // Written on this thread while another hashes the same chunks: the download costs
+        // the longer of the two, not their sum.
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(W, Md5Stream)> {
-            let (mut sink, mut md5) = (sink, prefix);
+            let (mut sink, md5) = (sink, Md5Thread::start(prefix));
             while let Some(b) = rx.blocking_recv() {
-                md5.update(&b);
+                md5.update(b.clone());
                 sink.write_all(&b)?;
             }
             sink.flush()?;
+            let md5 = md5
+                .finish()
+                .ok_or_else(|| std::io::Error::other("the MD5 thread failed"))?;
             Ok((sink, md5))
         });
         let end: GetEnd = loop {

@@ -99,6 +99,54 @@ pub fn hash_reader(reader: impl Read) -> io::Result<(String, u64)> {
     Ok((md5.hex(), len))
 }
 
+/// An MD5 computed on a thread of its own: the bytes are hashed while the caller writes them,
+/// so that a verified stream costs the longer of the two instead of their sum.
+pub struct Md5Thread {
+    tx: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
+    thread: Option<std::thread::JoinHandle<Md5Stream>>,
+}
+
+impl Md5Thread {
+    /// Starts hashing on from `state` (a resumed download's prefix, or a fresh digest).
+    pub fn start(state: Md5Stream) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(MD5_QUEUE);
+        let thread = std::thread::spawn(move || {
+            let mut md5 = state;
+            for chunk in rx {
+                md5.update(&chunk);
+            }
+            md5
+        });
+        Md5Thread {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands `chunk` over (waits only while a few chunks are already queued).
+    pub fn update(&self, chunk: bytes::Bytes) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(chunk);
+        }
+    }
+
+    /// Waits for the last chunk to be hashed; `None` if the hashing thread failed.
+    pub fn finish(mut self) -> Option<Md5Stream> {
+        self.tx.take();
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for Md5Thread {
+    fn drop(&mut self) {
+        // An abandoned stream: close the queue so the thread ends; nobody waits for it.
+        self.tx.take();
+    }
+}
+
+/// Chunks queued for the hashing thread before the writer waits.
+const MD5_QUEUE: usize = 8;
+
 /// Whether `s` is a well-formed MD5 hex digest (32 hex digits, any case).
 pub fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -119,5 +167,19 @@ mod tests {
         let (buf, md5) = w.into_parts();
         assert_eq!(buf, b"hello\n");
         assert_eq!(md5.hex(), "b1946ac92492d2347c6235b4d2611184");
+    }
+
+    #[test]
+    fn hashing_on_a_thread_matches() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let mut prefix = Md5Stream::new();
+        prefix.update(&data[..1000]);
+        let t = Md5Thread::start(prefix);
+        for part in data[1000..].chunks(65_536) {
+            t.update(bytes::Bytes::copy_from_slice(part));
+        }
+        let got = t.finish().unwrap();
+        assert_eq!(got.len(), data.len() as u64);
+        assert_eq!(got.hex(), hash_reader(&data[..]).unwrap().0);
     }
 }

@@ -10,6 +10,7 @@ pub mod digests;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod flush;
 pub mod metrics;
 mod output;
 pub mod paths;
