@@ -189,18 +189,16 @@ impl Client {
         let (tx, mut rx) = mpsc::channel::<Bytes>(8);
         // Written on this thread while another hashes the same chunks: the download costs
         // the longer of the two, not their sum.
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(W, Md5Stream)> {
-            let (mut sink, md5) = (sink, Md5Thread::start(prefix));
-            while let Some(b) = rx.blocking_recv() {
-                md5.update(b.clone());
-                sink.write_all(&b)?;
-            }
-            sink.flush()?;
-            let md5 = md5
-                .finish()
-                .ok_or_else(|| std::io::Error::other("the MD5 thread failed"))?;
-            Ok((sink, md5))
-        });
+        let writer =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(W, Option<Md5Stream>)> {
+                let (mut sink, mut md5) = (sink, Md5Thread::start(prefix));
+                while let Some(b) = rx.blocking_recv() {
+                    md5.update(b.clone());
+                    sink.write_all(&b)?;
+                }
+                sink.flush()?;
+                Ok((sink, md5.finish()))
+            });
         let end: GetEnd = loop {
             let f = s.recv().await?;
             match f.kind {
@@ -220,6 +218,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Local(e.to_string()))?
             .map_err(|e| ClientError::Local(format!("writing the local file: {e}")))?;
+        let md5 = md5.ok_or_else(|| ClientError::Local("hashing the download failed".into()))?;
         let actual = md5.hex();
         if end.changed {
             return Err(ClientError::Protocol(format!(

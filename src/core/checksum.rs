@@ -104,34 +104,52 @@ pub fn hash_reader(reader: impl Read) -> io::Result<(String, u64)> {
 pub struct Md5Thread {
     tx: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
     thread: Option<std::thread::JoinHandle<Md5Stream>>,
+    /// The digest, hashed inline, when no thread could be started.
+    inline: Option<Md5Stream>,
 }
 
 impl Md5Thread {
-    /// Starts hashing on from `state` (a resumed download's prefix, or a fresh digest).
+    /// Starts hashing on from `state` (a resumed download's prefix, or a fresh digest); hashes
+    /// inline instead if the system has no thread to spare.
     pub fn start(state: Md5Stream) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(MD5_QUEUE);
-        let thread = std::thread::spawn(move || {
-            let mut md5 = state;
-            for chunk in rx {
-                md5.update(&chunk);
+        let spawned = std::thread::Builder::new().name("ferry-md5".into()).spawn({
+            let mut md5 = state.clone();
+            move || {
+                for chunk in rx {
+                    md5.update(&chunk);
+                }
+                md5
             }
-            md5
         });
-        Md5Thread {
-            tx: Some(tx),
-            thread: Some(thread),
+        match spawned {
+            Ok(thread) => Md5Thread {
+                tx: Some(tx),
+                thread: Some(thread),
+                inline: None,
+            },
+            Err(_) => Md5Thread {
+                tx: None,
+                thread: None,
+                inline: Some(state),
+            },
         }
     }
 
     /// Hands `chunk` over (waits only while a few chunks are already queued).
-    pub fn update(&self, chunk: bytes::Bytes) {
-        if let Some(tx) = &self.tx {
+    pub fn update(&mut self, chunk: bytes::Bytes) {
+        if let Some(md5) = &mut self.inline {
+            md5.update(&chunk);
+        } else if let Some(tx) = &self.tx {
             let _ = tx.send(chunk);
         }
     }
 
     /// Waits for the last chunk to be hashed; `None` if the hashing thread failed.
     pub fn finish(mut self) -> Option<Md5Stream> {
+        if let Some(md5) = self.inline.take() {
+            return Some(md5);
+        }
         self.tx.take();
         self.thread.take()?.join().ok()
     }
@@ -174,7 +192,7 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         let mut prefix = Md5Stream::new();
         prefix.update(&data[..1000]);
-        let t = Md5Thread::start(prefix);
+        let mut t = Md5Thread::start(prefix);
         for part in data[1000..].chunks(65_536) {
             t.update(bytes::Bytes::copy_from_slice(part));
         }

@@ -29,11 +29,17 @@ impl Flusher {
                 return;
             };
             let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-            let thread = std::thread::spawn(move || {
-                for () in rx {
-                    let _ = handle.sync_data();
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name("ferry-flush".into())
+                .spawn(move || {
+                    for () in rx {
+                        let _ = handle.sync_data();
+                    }
+                });
+            // Without a thread to spare, the final fsync does all the work, as it would anyway.
+            let Ok(thread) = spawned else {
+                return;
+            };
             self.thread = Some((tx, thread));
         }
         if let Some((tx, _)) = &self.thread {
@@ -41,7 +47,7 @@ impl Flusher {
         }
     }
 
-    /// Waits for the flush in progress, if any.
+    /// Waits for the flush in progress, and the one asked for after it, if any.
     pub fn stop(self) {
         if let Some((tx, thread)) = self.thread {
             drop(tx);

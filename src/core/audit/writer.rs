@@ -77,8 +77,8 @@ async fn insert_transfers(
             "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
              md5, expected_md5, result, started_at, ended_at) ",
         );
-        // Shared strings are bound as clones of their `Arc`: sqlx copies a borrowed string
-        // into a new allocation on every bind, an `Arc<str>` it keeps as it is.
+        // Shared strings are bound as clones of their `Arc`: sqlx allocates a copy of a borrowed
+        // string on every bind, while an owned `Arc<str>` is handed over with a refcount bump.
         q.push_values(chunk, |mut b, t| {
             b.push_bind(t.id.clone())
                 .push_bind(t.actor.session_id.clone())

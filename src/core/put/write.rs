@@ -18,7 +18,7 @@ pub(super) fn write_and_verify(
     expected: Option<&str>,
     commit: &AtomicBool,
 ) -> (Result<std::fs::File>, Option<String>) {
-    let hasher = Md5Thread::start(Md5Stream::new());
+    let mut hasher = Md5Thread::start(Md5Stream::new());
     let mut flusher = Flusher::default();
     let mut file = file;
     let mut written = 0u64;
