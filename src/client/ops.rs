@@ -199,25 +199,32 @@ impl Client {
                 sink.flush()?;
                 Ok((sink, md5.finish()))
             });
-        let end: GetEnd = loop {
-            let f = s.recv().await?;
-            match f.kind {
-                Kind::Data => {
-                    progress(Progress::Advance(f.payload.len() as u64));
-                    if tx.send(f.payload).await.is_err() {
-                        break None;
+        // `None`: the writer stopped early (its own error says why).
+        let received: Result<Option<GetEnd>> = async {
+            loop {
+                let f = s.recv().await?;
+                match f.kind {
+                    Kind::Data => {
+                        progress(Progress::Advance(f.payload.len() as u64));
+                        if tx.send(f.payload).await.is_err() {
+                            return Ok(None);
+                        }
                     }
+                    Kind::End => return Ok(Some(parse(&f)?)),
+                    _ => return Err(unexpected(&f)),
                 }
-                Kind::End => break Some(parse(&f)?),
-                _ => return Err(unexpected(&f)),
             }
         }
-        .ok_or_else(|| ClientError::Local("writing the local file failed".into()))?;
+        .await;
+        // The writer is done with the sink before anything is reported, even an error: the
+        // caller may then look at, keep or remove what was written.
         drop(tx);
-        let (sink, md5) = writer
-            .await
+        let written = writer.await;
+        let end = received?;
+        let (sink, md5) = written
             .map_err(|e| ClientError::Local(e.to_string()))?
             .map_err(|e| ClientError::Local(format!("writing the local file: {e}")))?;
+        let end = end.ok_or_else(|| ClientError::Local("writing the local file failed".into()))?;
         let md5 = md5.ok_or_else(|| ClientError::Local("hashing the download failed".into()))?;
         let actual = md5.hex();
         if end.changed {
