@@ -17,6 +17,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > src/build.rs \
     && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
@@ -26,7 +27,7 @@ COPY migrations ./migrations
 COPY web ./web
 # COPY keeps the files' own times, which can be older than the stub's build: touch them so
 # cargo rebuilds ferry itself.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs src/build.rs && cargo build --release --locked
 
 # ---- run ------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
