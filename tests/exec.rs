@@ -418,6 +418,7 @@ async fn streams_per_connection_are_capped() {
             path: format!("p{i}"),
             size: 1,
             md5: None,
+            md5_trailer: false,
         };
         open.push(c.open(&req).await.unwrap());
     }

@@ -207,6 +207,7 @@ async fn a_client_killed_mid_put_leaves_nothing() {
         path: "partial.bin".into(),
         size: 10 << 20,
         md5: None,
+        md5_trailer: false,
     };
     framed
         .send(Frame::json(Kind::Request, 1, &put))
@@ -244,6 +245,7 @@ async fn cancelled_put_leaves_nothing_even_when_all_bytes_arrived() {
             path: "c.bin".into(),
             size: 1 << 20,
             md5: None,
+            md5_trailer: false,
         })
         .await
         .unwrap();

@@ -113,11 +113,14 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         exec,
         (text(), any::<u64>()).prop_map(|(path, offset)| Request::Get { path, offset }),
-        (text(), any::<u64>(), option::of(text())).prop_map(|(path, size, md5)| Request::Put {
-            path,
-            size,
-            md5
-        }),
+        (text(), any::<u64>(), option::of(text()), any::<bool>()).prop_map(
+            |(path, size, md5, md5_trailer)| Request::Put {
+                path,
+                size,
+                md5,
+                md5_trailer
+            }
+        ),
         text().prop_map(|path| Request::List { path }),
         text().prop_map(|path| Request::Stat { path }),
         Just(Request::Ping {}),

@@ -25,6 +25,7 @@ const REQUEST: u8 = 0x10;
 const END: u8 = 0x12;
 const ERROR: u8 = 0x13;
 const DATA: u8 = 0x20;
+const EOF: u8 = 0x23;
 const WINDOW: u8 = 0x30;
 
 /// Encodes one frame.
@@ -572,6 +573,85 @@ async fn put_beyond_the_window() {
         after.is_empty(),
         "frames after the connection error, which should have been the last: {after:?}"
     );
+    s.stop().await;
+}
+
+/// Sends a whole put on `stream` (request, data, then an `Eof` with `eof` as its payload) and
+/// returns the stream's last frame (its `End` or `Error`), past the window grants.
+async fn put_then_eof(
+    raw: &mut Raw,
+    stream: u32,
+    req: &Value,
+    data: &[u8],
+    eof: &[u8],
+) -> RawFrame {
+    let mut bytes = json_frame(REQUEST, stream, req);
+    bytes.extend_from_slice(&frame(DATA, stream, data));
+    bytes.extend_from_slice(&frame(EOF, stream, eof));
+    raw.send(&bytes).await;
+    loop {
+        let f = raw.frame().await;
+        assert_eq!(f.stream, stream, "{f:?}");
+        if f.kind != WINDOW {
+            return f;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_with_a_trailing_md5() {
+    let s = TestServer::start().await;
+    let (mut raw, _) = Raw::authenticated(&s).await;
+    let old = random_bytes(1000, 1);
+    std::fs::write(s.path("t.bin"), &old).unwrap();
+    let new = random_bytes(100_000, 2);
+    std::fs::write(s.data.join("new.bin"), &new).unwrap();
+    let md5 = md5sum(&s.data.join("new.bin"));
+    let req = json!({"op": "put", "path": "t.bin", "size": new.len(), "md5_trailer": true});
+    let untouched = |s: &TestServer| {
+        assert_eq!(std::fs::read(s.path("t.bin")).unwrap(), old);
+        assert_eq!(leftovers(s, "t.bin"), ["t.bin"]);
+    };
+
+    // A wrong MD5 after the bytes: refused, and the old file stays as it was.
+    let wrong = json!({"md5": "0123456789abcdef0123456789abcdef"}).to_string();
+    let f = put_then_eof(&mut raw, 1, &req, &new, wrong.as_bytes()).await;
+    assert_eq!(
+        (f.kind, f.json()["code"].as_str()),
+        (ERROR, Some("checksum_mismatch")),
+        "{f:?}"
+    );
+    untouched(&s);
+
+    // No MD5 at all after the bytes, or one that is not hex: nothing verified, nothing stored.
+    for (stream, eof) in [(3, b"".as_slice()), (5, br#"{"md5": "xyz"}"#.as_slice())] {
+        let f = put_then_eof(&mut raw, stream, &req, &new, eof).await;
+        assert_eq!(
+            (f.kind, f.json()["code"].as_str()),
+            (ERROR, Some("bad_request")),
+            "{f:?}"
+        );
+        untouched(&s);
+    }
+
+    // An MD5 both up front and after: refused before any byte is taken.
+    let both = json!({"op": "put", "path": "t.bin", "size": 1, "md5": md5, "md5_trailer": true});
+    raw.send(&json_frame(REQUEST, 7, &both)).await;
+    let f = raw.frame().await;
+    assert_eq!(
+        (f.stream, f.kind, f.json()["code"].as_str()),
+        (7, ERROR, Some("bad_request")),
+        "{f:?}"
+    );
+    untouched(&s);
+
+    // The right MD5 after the bytes: stored, and the End names it.
+    let right = json!({"md5": md5}).to_string();
+    let f = put_then_eof(&mut raw, 9, &req, &new, right.as_bytes()).await;
+    assert_eq!(f.kind, END, "{f:?}");
+    assert_eq!(f.json()["md5"], md5.as_str(), "{f:?}");
+    assert_eq!(std::fs::read(s.path("t.bin")).unwrap(), new);
+    assert_eq!(leftovers(&s, "t.bin"), ["t.bin"]);
     s.stop().await;
 }
 

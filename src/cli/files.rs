@@ -3,7 +3,7 @@
 use super::run::connect;
 use super::{GetArgs, LsArgs, PutArgs};
 use crate::client::Progress;
-use crate::core::checksum::{Md5Stream, digest_reader, hash_reader};
+use crate::core::checksum::{Md5Stream, digest_reader};
 use crate::core::flush::Flusher;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -176,12 +176,12 @@ pub(super) async fn put(a: PutArgs) -> anyhow::Result<i32> {
         Some(r) => r,
     };
     let client = connect(&a.conn).await?;
-    let local = a.local.clone();
-    let (md5, size) =
-        tokio::task::spawn_blocking(move || hash_reader(std::fs::File::open(local)?)).await??;
-    let file = std::fs::File::open(&a.local)?;
+    let file =
+        std::fs::File::open(&a.local).map_err(|e| anyhow::anyhow!("{}: {e}", a.local.display()))?;
+    let size = file.metadata()?.len();
     let pb = bar(&name);
-    let result = client.put(&remote, file, size, Some(md5), track(&pb)).await;
+    // One pass: the file is hashed as it is sent, and its MD5 follows the bytes.
+    let result = client.put(&remote, file, size, None, track(&pb)).await;
     pb.finish_and_clear();
     let done = result?;
     eprintln!(

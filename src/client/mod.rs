@@ -231,8 +231,13 @@ impl StreamSender {
 
     /// Says that no more stdin follows.
     pub async fn send_eof(&self) -> Result<()> {
+        self.send_eof_with(Bytes::new()).await
+    }
+
+    /// Ends the data with an `Eof` that carries `payload` (a put's trailing MD5).
+    pub async fn send_eof_with(&self, payload: Bytes) -> Result<()> {
         self.client
-            .send(Frame::new(Kind::Eof, self.id, Bytes::new()))
+            .send(Frame::new(Kind::Eof, self.id, payload))
             .await
     }
 

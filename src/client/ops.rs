@@ -5,7 +5,7 @@ use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::exec::ExecRequest;
 use crate::core::files::Entry;
 use crate::tcp::codec::{Frame, Kind};
-use crate::tcp::messages::{ExecEnd, GetEnd, GetHeader, ListBatch, PutEnd, Request};
+use crate::tcp::messages::{ExecEnd, GetEnd, GetHeader, ListBatch, PutEnd, PutTrailer, Request};
 use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -241,7 +241,10 @@ impl Client {
         Ok((sink, GetOutcome { header, end }))
     }
 
-    /// Uploads `size` bytes read from `source` (on a thread of its own) to `path`, announcing `md5`.
+    /// Uploads `size` bytes read from `source` (on a thread of its own) to `path`. With `md5`
+    /// the server checks the bytes against it; without, the bytes are hashed as they are read
+    /// and the MD5 follows them (a trailer), so the server checks them all the same, in one
+    /// pass over the file.
     pub async fn put<R: Read + Send + 'static>(
         &self,
         path: &str,
@@ -250,24 +253,30 @@ impl Client {
         md5: Option<String>,
         mut progress: impl FnMut(Progress),
     ) -> Result<PutEnd> {
+        let trailer = md5.is_none();
         let mut s = self
             .open(&Request::Put {
                 path: path.into(),
                 size,
                 md5,
+                md5_trailer: trailer,
             })
             .await?;
         progress(Progress::Start { size, offset: 0 });
         let chunk = s.chunk();
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-        tokio::task::spawn_blocking(move || {
+        let mut reader = tokio::task::spawn_blocking(move || {
             let mut source = source.take(size);
+            let mut md5 = trailer.then(Md5Stream::new);
             loop {
                 let mut buf = BytesMut::zeroed(chunk);
                 let r = match source.read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => return md5.map(Md5Stream::hex),
                     Ok(n) => {
                         buf.truncate(n);
+                        if let Some(h) = &mut md5 {
+                            h.update(&buf);
+                        }
                         Ok(buf.freeze())
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -275,11 +284,12 @@ impl Client {
                 };
                 let failed = r.is_err();
                 if tx.blocking_send(r).is_err() || failed {
-                    return;
+                    return None;
                 }
             }
         });
         let mut sent = 0u64;
+        let mut trailed = !trailer;
         loop {
             tokio::select! {
                 // The server may refuse early (bad path): its error ends the upload at once.
@@ -307,6 +317,19 @@ impl Client {
                         return Err(ClientError::Local(format!("the local file ended after {sent} of {size} bytes")));
                     }
                 },
+                // Every byte is sent: the MD5 of what was read follows them.
+                md5 = &mut reader, if sent == size && !trailed => {
+                    trailed = true;
+                    let Ok(Some(md5)) = md5 else {
+                        let _ = s.cancel().await;
+                        return Err(ClientError::Local("hashing the local file failed".into()));
+                    };
+                    let t = serde_json::to_vec(&PutTrailer { md5 }).expect("serializable");
+                    if s.send_eof_with(t.into()).await.is_err() {
+                        let f = s.recv().await?;
+                        return Err(unexpected(&f));
+                    }
+                }
             }
         }
     }

@@ -78,6 +78,10 @@ pub enum Request {
         /// The client's MD5 hex, checked before the file is renamed into place.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         md5: Option<String>,
+        /// The MD5 comes after the data, in the `Eof` frame (`{"md5": M}`), so that a client
+        /// can hash while it sends; checked as one given up front is.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        md5_trailer: bool,
     },
     /// List a directory.
     List {
@@ -145,4 +149,12 @@ impl From<ErrorBody> for Error {
     fn from(b: ErrorBody) -> Self {
         Error::new(Code::parse(&b.code), b.message)
     }
+}
+
+/// The payload of the `Eof` frame that ends a `put` with `md5_trailer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutTrailer {
+    /// The MD5 hex of the bytes sent.
+    pub md5: String,
 }

@@ -2,7 +2,7 @@
 
 use super::codec::{Frame, Kind};
 use super::conn::Shared;
-use super::messages::{ErrorBody, ListBatch, ListEnd, Request};
+use super::messages::{ErrorBody, ListBatch, ListEnd, PutTrailer, Request};
 use crate::core::error::{Code, Error};
 use crate::core::exec::{ExecOutput, ExecRequest};
 use bytes::Bytes;
@@ -91,7 +91,12 @@ pub(super) async fn run(mut s: StreamCtx, req: Request) {
     let result = match req {
         Request::Exec(r) => exec(&mut s, r).await,
         Request::Get { path, offset } => get(&s, &path, offset).await,
-        Request::Put { path, size, md5 } => put(&mut s, &path, size, md5).await,
+        Request::Put {
+            path,
+            size,
+            md5,
+            md5_trailer,
+        } => put(&mut s, &path, size, md5, md5_trailer).await,
         Request::List { path } => list(&s, &path).await,
         Request::Stat { path } => match s.shared.core.files.stat(&s.shared.actor, &path).await {
             Ok(entry) => s.json(Kind::End, &entry).await.map_err(|_| cancelled()),
@@ -197,13 +202,23 @@ async fn get(s: &StreamCtx, path: &str, offset: u64) -> Result<(), Error> {
     s.json(Kind::End, &end).await.map_err(|_| cancelled())
 }
 
-async fn put(s: &mut StreamCtx, path: &str, size: u64, md5: Option<String>) -> Result<(), Error> {
+async fn put(
+    s: &mut StreamCtx,
+    path: &str,
+    size: u64,
+    md5: Option<String>,
+    trailer: bool,
+) -> Result<(), Error> {
+    if trailer && md5.is_some() {
+        return Err(Error::bad_request("give md5 or md5_trailer, not both"));
+    }
     let core = s.shared.core.clone();
     let mut sink = core
         .files
         .put(&s.shared.actor, path, Some(size), md5)
         .await?;
-    while sink.remaining() > 0 {
+    let mut eof = None;
+    while eof.is_none() && (trailer || sink.remaining() > 0) {
         let frame = tokio::select! {
             f = s.inbound.recv() => f,
             _ = s.cancel.cancelled() => {
@@ -220,11 +235,31 @@ async fn put(s: &mut StreamCtx, path: &str, size: u64, md5: Option<String>) -> R
                 }
                 s.grant(n).await;
             }
-            // EOF before the announced size: `finish` reports the shortfall.
-            _ => break,
+            Some(f) => eof = Some(f.payload),
+            // The connection's reader is gone: `finish` reports a shortfall, if any.
+            None => break,
         }
     }
-    let done = sink.finish().await?;
+    let done = match eof {
+        // An EOF before the announced size: `finish` reports the shortfall.
+        Some(payload) if trailer && sink.remaining() == 0 => {
+            match serde_json::from_slice::<PutTrailer>(&payload) {
+                Ok(t) => sink.finish_with_md5(t.md5).await?,
+                Err(e) => {
+                    sink.abort(false).await;
+                    return Err(Error::bad_request(format!(
+                        "the put's Eof must carry {{\"md5\": M}}: {e}"
+                    )));
+                }
+            }
+        }
+        // All bytes in, but no trailer: nothing is verified, so nothing is stored.
+        _ if trailer && sink.remaining() == 0 => {
+            sink.abort(false).await;
+            return Err(Error::bad_request("the put ended without its trailing md5"));
+        }
+        _ => sink.finish().await?,
+    };
     s.json(Kind::End, &done).await.map_err(|_| cancelled())
 }
 

@@ -11,12 +11,32 @@ use crate::core::registry::{TransferState, random_id};
 use crate::core::transfer::{QUEUE, TransferCtx};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
 mod write;
 use write::write_and_verify;
+
+/// How the request side ends an upload, read by the disk thread once its queue is closed.
+#[derive(Default)]
+pub(super) struct Commit {
+    /// Every byte is in (else the upload was abandoned).
+    done: AtomicBool,
+    /// An MD5 that came after the data (a trailer), checked as one given up front is.
+    md5: OnceLock<String>,
+}
+
+impl Commit {
+    /// The MD5 to check the bytes against, given up front or after the data, once all is in;
+    /// `Err` when the upload was abandoned.
+    pub(super) fn expected<'a>(&'a self, up_front: Option<&'a str>) -> Result<Option<&'a str>> {
+        if !self.done.load(Ordering::SeqCst) {
+            return Err(Error::new(Code::Cancelled, "upload abandoned"));
+        }
+        Ok(up_front.or(self.md5.get().map(String::as_str)))
+    }
+}
 
 impl Files {
     /// Starts an upload to `raw` of exactly `size` bytes (any number if `None`), verified against
@@ -43,7 +63,7 @@ impl Files {
         let (tx, rx) = mpsc::channel(QUEUE);
         let files = self.clone();
         let (rel3, expected) = (rel.clone(), md5.clone());
-        let commit = Arc::new(AtomicBool::new(false));
+        let commit = Arc::new(Commit::default());
         let commit2 = commit.clone();
         let worker = tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -122,7 +142,7 @@ pub struct PutSink {
     size: Option<u64>,
     expected: Option<String>,
     ctx: TransferCtx,
-    commit: Arc<AtomicBool>,
+    commit: Arc<Commit>,
     /// Small chunks gathered into one write of at least [`GATHER`] bytes.
     pending: bytes::BytesMut,
 }
@@ -205,7 +225,35 @@ impl PutSink {
     }
 
     /// Ends the upload once all bytes are in: verify, then rename into place or leave nothing.
-    pub async fn finish(mut self) -> Result<PutDone> {
+    pub async fn finish(self) -> Result<PutDone> {
+        self.finish_checked(None).await
+    }
+
+    /// Ends the upload with the MD5 its sender computed while sending (a trailer): checked as
+    /// one given up front is, before the file is renamed into place. An upload that announced an
+    /// MD5 up front cannot take a second one.
+    pub async fn finish_with_md5(self, md5: String) -> Result<PutDone> {
+        let bad = if !is_md5_hex(&md5) {
+            Some("the trailing md5 must be 32 hex digits")
+        } else if self.expected.is_some() {
+            Some("an md5 was given up front: no trailing one")
+        } else {
+            None
+        };
+        match bad {
+            Some(why) => {
+                self.abort(false).await;
+                Err(Error::bad_request(why))
+            }
+            None => self.finish_checked(Some(md5)).await,
+        }
+    }
+
+    async fn finish_checked(mut self, trailer: Option<String>) -> Result<PutDone> {
+        if let Some(m) = trailer {
+            let _ = self.commit.md5.set(m.clone());
+            self.expected = Some(m);
+        }
         if self.size.is_some() && self.remaining() > 0 {
             let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
             let _ = self.stop_worker().await;
@@ -225,7 +273,7 @@ impl PutSink {
             }
         }
         // Closing the queue with the commit flag set tells the worker that all data is in.
-        self.commit.store(true, Ordering::SeqCst);
+        self.commit.done.store(true, Ordering::SeqCst);
         let (result, actual) = self.stop_worker().await;
         let state = match &result {
             Ok(_) => TransferState::Verified,
@@ -277,7 +325,7 @@ fn write_loop(
     tmp: &RelPath,
     size: Option<u64>,
     expected: Option<String>,
-    commit: &AtomicBool,
+    commit: &Commit,
 ) -> Settled {
     let (result, actual) = write_and_verify(file, rx, size, expected.as_deref(), commit);
     let settled = result.and_then(|file| commit_file(files, file, rel, tmp, actual.clone()));

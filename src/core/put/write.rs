@@ -1,12 +1,12 @@
 //! The disk side of an upload: written on one thread, hashed on another, flushed to disk on a
 //! third while it arrives; checked for size and MD5, then fsynced.
 
+use super::Commit;
 use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::error::{Code, Error, Result};
 use crate::core::flush::Flusher;
 use bytes::Bytes;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
 /// Hashes on one thread while writing on this one; checks size and MD5; fsyncs. Returns the MD5
@@ -16,7 +16,7 @@ pub(super) fn write_and_verify(
     mut rx: mpsc::Receiver<Bytes>,
     size: Option<u64>,
     expected: Option<&str>,
-    commit: &AtomicBool,
+    commit: &Commit,
 ) -> (Result<std::fs::File>, Option<String>) {
     let mut hasher = Md5Thread::start(Md5Stream::new());
     let mut flusher = Flusher::default();
@@ -36,9 +36,10 @@ pub(super) fn write_and_verify(
     let Some(md5) = hasher.finish() else {
         return (Err(Error::internal("hasher panicked")), None);
     };
-    if !commit.load(Ordering::SeqCst) {
-        return (Err(Error::new(Code::Cancelled, "upload abandoned")), None);
-    }
+    let expected = match commit.expected(expected) {
+        Ok(e) => e,
+        Err(e) => return (Err(e), None),
+    };
     if let Some(size) = size
         && written != size
     {
