@@ -185,7 +185,8 @@ def run(ctx: Ctx) -> list[Row]:
             median(f["http"]), disk_peers(), [Goal("md5sum", 0.9)],
             note="curl -T with a Content-MD5 header"),
         Row("Upload", f"`ferry put` {label}, end to end, to disk", "MB/s", median(f["cli"]),
-            disk_peers(), [], note="the CLI hashes the file first, then sends it: two passes"),
+            disk_peers(), [], note="one pass: the CLI hashes the bytes as it sends them, and their "
+                                   "MD5 follows them"),
     ]
     if msrv:
         mem_note = ("the served root in memory (tmpfs), so that the disk is out of the figure: "
