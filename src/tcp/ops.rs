@@ -240,6 +240,11 @@ async fn put(
             None => break,
         }
     }
+    // A cancel that came with the last frames: nothing is stored.
+    if s.cancel.is_cancelled() {
+        sink.abort(s.by_client()).await;
+        return Err(cancelled());
+    }
     let done = match eof {
         // An EOF before the announced size: `finish` reports the shortfall.
         Some(payload) if trailer && sink.remaining() == 0 => {
