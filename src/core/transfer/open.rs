@@ -122,7 +122,7 @@ fn open_file(files: &Files, rel: &RelPath) -> Result<std::fs::File> {
 fn read_whole(
     file: &std::fs::File,
     key: FileKey,
-    flags: rustix::io::ReadWriteFlags,
+    mut flags: rustix::io::ReadWriteFlags,
 ) -> Option<Bytes> {
     // Exactly `size` bytes: a file that grew or changed meanwhile shows in the key below.
     let mut buf = vec![0u8; key.size as usize];
@@ -132,10 +132,49 @@ fn read_whole(
         match rustix::io::preadv2(file, &mut part, got as u64, flags) {
             Ok(0) => break,
             Ok(n) => got += n,
+            // tmpfs and ramfs refuse RWF_NOWAIT, but their pages are memory: a plain read
+            // does not wait for a disk there.
+            Err(rustix::io::Errno::OPNOTSUPP) if flags.contains(ReadWriteFlags::NOWAIT) => {
+                if !in_memory(file) {
+                    return None;
+                }
+                flags.remove(ReadWriteFlags::NOWAIT);
+            }
             Err(_) => return None,
         }
     }
     buf.truncate(got);
     let same = got as u64 == key.size && FileKey::of(&file.metadata().ok()?) == key;
     same.then(|| Bytes::from(buf))
+}
+
+/// Whether `file` lives on a file system kept in memory (tmpfs, ramfs).
+fn in_memory(file: &std::fs::File) -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    rustix::fs::fstatfs(file).is_ok_and(|s| {
+        let kind = s.f_type as i64;
+        kind == libc::TMPFS_MAGIC as i64 || kind == RAMFS_MAGIC
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small file in memory (/dev/shm is a tmpfs) is read on the async thread, although
+    /// tmpfs refuses `RWF_NOWAIT`.
+    #[test]
+    fn small_files_in_tmpfs_take_the_fast_read() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm here: nothing to check");
+            return;
+        };
+        let path = dir.path().join("small.bin");
+        std::fs::write(&path, b"ferry small file").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(in_memory(&file), "/dev/shm is not a tmpfs here");
+        let key = FileKey::of(&file.metadata().unwrap());
+        let got = read_whole(&file, key, ReadWriteFlags::NOWAIT);
+        assert_eq!(got.as_deref(), Some(&b"ferry small file"[..]));
+    }
 }
