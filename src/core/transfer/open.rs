@@ -150,10 +150,11 @@ fn read_whole(
 
 /// Whether `file` lives on a file system kept in memory (tmpfs, ramfs).
 fn in_memory(file: &std::fs::File) -> bool {
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
     rustix::fs::fstatfs(file).is_ok_and(|s| {
-        let kind = s.f_type as i64;
-        kind == libc::TMPFS_MAGIC as i64 || kind == RAMFS_MAGIC
+        // The field's width differs between platforms.
+        let kind = s.f_type as u64;
+        kind == libc::TMPFS_MAGIC as u64 || kind == RAMFS_MAGIC
     })
 }
 
