@@ -240,3 +240,99 @@ async fn tcp_peer_that_stops_reading_is_dropped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Names in the root that are `name` or an upload's temp file.
+fn leftovers(srv: &TestServer, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&srv.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n == name || n.contains(".ferry-tmp-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Polls the audit until an upload of `path` over `transport` is recorded as failed.
+async fn wait_for_failed_put(srv: &TestServer, transport: &str, path: &str) {
+    let cond = format!(
+        "transport = '{transport}' AND path = '{path}' AND direction = 'put' AND result = 'failed'"
+    );
+    let deadline = Instant::now() + WAIT;
+    while srv.count("transfers", &cond).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed {transport} put of {path}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_tcp_upload_is_dropped() {
+    let srv = idle_server().await;
+    std::fs::write(srv.path("kept.txt"), b"old").unwrap();
+    let mut s = hello(&srv).await;
+    let req = json!({"op": "put", "path": "kept.txt", "size": 10});
+    s.write_all(&frame(REQUEST, 1, &req)).await.unwrap();
+    // Four of the ten bytes, then nothing: the stream is open, so the connection is not idle,
+    // but the upload waits for data.
+    let mut data = 9u32.to_be_bytes().to_vec();
+    data.push(0x20);
+    data.extend_from_slice(&1u32.to_be_bytes());
+    data.extend_from_slice(b"new!");
+    s.write_all(&data).await.unwrap();
+    let t0 = Instant::now();
+    let (kind, stream, payload) = loop {
+        let f = read_frame(&mut s).await.expect("an error frame");
+        if f.0 != 0x30 {
+            break f; // window grants come first
+        }
+    };
+    assert_eq!(
+        (kind, stream),
+        (ERROR, 1),
+        "{}",
+        String::from_utf8_lossy(&payload)
+    );
+    let body: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(body["code"], "timeout", "{body}");
+    assert!(t0.elapsed() >= IDLE - Duration::from_millis(50));
+    wait_for_failed_put(&srv, "tcp", "kept.txt").await;
+    assert_eq!(std::fs::read(srv.path("kept.txt")).unwrap(), b"old");
+    assert_eq!(leftovers(&srv, "kept.txt"), ["kept.txt"]);
+    // The stream is gone, so the connection's own idle clock runs again.
+    let (kind, stream, _) = read_frame(&mut s).await.expect("an error frame");
+    assert_eq!((kind, stream), (ERROR, 0));
+}
+
+#[tokio::test]
+async fn a_silent_http_upload_is_dropped() {
+    let srv = idle_server().await;
+    std::fs::write(srv.path("kept.txt"), b"old").unwrap();
+    let mut s = TcpStream::connect(srv.http.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /files/kept.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 10\r\n\r\nnew!"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("}") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("no answer to a silent upload")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains(r#""code":"timeout""#), "{text}");
+    assert!(t0.elapsed() >= IDLE - Duration::from_millis(50));
+    wait_for_failed_put(&srv, "http", "kept.txt").await;
+    assert_eq!(std::fs::read(srv.path("kept.txt")).unwrap(), b"old");
+    assert_eq!(leftovers(&srv, "kept.txt"), ["kept.txt"]);
+}

@@ -235,13 +235,20 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
-/// Maps a body read error: over the size limit, or the client went away.
+/// Maps a body read error: over the size limit, no data for the idle timeout, or the client
+/// went away.
 pub fn body_error(e: axum::Error) -> Error {
     let inner = e.into_inner();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
             return Error::new(Code::TooLarge, "the body is over the server's size limit");
+        }
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return Error::new(
+                Code::Timeout,
+                "no data for the idle timeout (--idle-timeout): the upload is dropped",
+            );
         }
         source = err.source();
     }

@@ -11,6 +11,7 @@ mod conn;
 mod error;
 mod exec;
 mod files;
+mod linger;
 mod login;
 mod origin;
 pub mod range;

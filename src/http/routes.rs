@@ -3,7 +3,9 @@
 use crate::core::Core;
 use crate::core::error::Code;
 use crate::http::login::{LOGIN_TTL, Logins};
-use crate::http::{ApiError, HttpConfig, api, auth, error, exec, files, login, term, uploads, web};
+use crate::http::{
+    ApiError, HttpConfig, api, auth, error, exec, files, linger, login, term, uploads, web,
+};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -15,7 +17,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 /// Every route as `(method, path)`, in axum's path syntax; the OpenAPI document lists each one
@@ -160,11 +162,15 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(overload)
         .layer(axum::middleware::map_response(
-            error::json_errors::<tower_http::limit::ResponseBody<axum::body::Body>>,
+            error::json_errors::<axum::body::Body>,
         ))
+        .layer(axum::middleware::from_fn(linger::linger))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
         ))
+        // A body that stops coming (an upload whose client went silent) ends the request,
+        // which then drops its temp file and frees its slot.
+        .layer(RequestBodyTimeoutLayer::new(cfg.idle_timeout))
         .layer(DefaultBodyLimit::max(16 << 20))
         .layer(axum::Extension(term::AllowedOrigins(Arc::new(
             cfg.allowed_origins.clone(),

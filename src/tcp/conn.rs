@@ -48,6 +48,8 @@ pub(super) struct Shared {
     pub counters: Arc<SessionCounters>,
     /// Cancelled when the connection ends; streams then stop as failed, not as cancelled.
     pub closed: CancellationToken,
+    /// Longest wait for the next frame of an upload (the connection's idle timeout).
+    pub idle: std::time::Duration,
 }
 
 struct Slot {
@@ -149,6 +151,7 @@ impl Conn {
             chunk,
             counters,
             closed: CancellationToken::new(),
+            idle: self.cfg.idle_timeout,
         });
         let reason = self.demux(&mut reader, &shared, client_window).await;
         drop(shared);

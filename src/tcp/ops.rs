@@ -34,6 +34,17 @@ fn cancelled() -> Error {
     Error::new(Code::Cancelled, "cancelled by the client")
 }
 
+/// An upload whose client sent nothing for `idle`: dropped.
+pub(crate) fn stalled(idle: std::time::Duration) -> Error {
+    Error::new(
+        Code::Timeout,
+        format!(
+            "no data for {} s: the upload is dropped",
+            idle.as_secs_f64()
+        ),
+    )
+}
+
 impl StreamCtx {
     async fn send(&self, frame: Frame) -> Result<(), Gone> {
         tokio::select! {
@@ -224,6 +235,11 @@ async fn put(
             _ = s.cancel.cancelled() => {
                 sink.abort(s.by_client()).await;
                 return Err(cancelled());
+            }
+            // A client that stops sending would hold its temp file and transfer slot forever.
+            _ = tokio::time::sleep(s.shared.idle) => {
+                sink.abort(false).await;
+                return Err(stalled(s.shared.idle));
             }
         };
         match frame {
