@@ -45,6 +45,8 @@ pub struct Files {
     pub(crate) digests: DigestCache,
     pub(crate) audit: Audit,
     pub(crate) registry: Registry,
+    /// Devices found to be file systems in memory (tmpfs, ramfs), learned on the disk thread.
+    pub(crate) memory_devices: Arc<std::sync::RwLock<Vec<u64>>>,
 }
 
 /// Runs blocking filesystem work off the async threads.
@@ -74,6 +76,7 @@ impl Files {
             digests,
             audit,
             registry,
+            memory_devices: Arc::default(),
         })
     }
 

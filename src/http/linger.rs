@@ -1,13 +1,15 @@
 //! Reading the rest of a refused request's body before answering, so that a client still
-//! sending it gets the answer rather than a connection reset (nginx's lingering close).
+//! sending it gets the answer rather than a connection reset (as nginx's lingering close does,
+//! though nginx answers first and reads after).
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,8 +18,24 @@ const LINGER_FOR: Duration = Duration::from_secs(2);
 /// Most bytes read from a refused request's body.
 const LINGER_BYTES: u64 = 64 << 20;
 
+/// The body while the handler has it, and what became of it.
+#[derive(Default)]
+struct Held {
+    body: Option<Body>,
+    /// The handler asked for data (with `Expect: 100-continue`, the client then sends it).
+    read: bool,
+    /// The body ended in an error (cut off, too large, no data for the idle timeout).
+    failed: bool,
+}
+
 /// A request body that the middleware takes back once the handler is done with it.
-struct Lent(Arc<Mutex<Option<Body>>>);
+struct Lent(Arc<Mutex<Held>>);
+
+impl Lent {
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl HttpBody for Lent {
     type Data = Bytes;
@@ -27,56 +45,85 @@ impl HttpBody for Lent {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let mut body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let mut held = self.held();
+        held.read = true;
+        let Some(body) = held.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            held.failed = true;
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        let body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        body.as_ref().is_none_or(HttpBody::is_end_stream)
+        self.held()
+            .body
+            .as_ref()
+            .is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        body.as_ref().map(HttpBody::size_hint).unwrap_or_default()
+        let held = self.held();
+        held.body
+            .as_ref()
+            .map(HttpBody::size_hint)
+            .unwrap_or_default()
     }
 }
 
 /// Runs the request; when the answer is an error and the body was left unread (a refused
 /// upload: no token, a stale offset), reads and discards the rest of it first, for at most
-/// [`LINGER_FOR`] and [`LINGER_BYTES`]. A request without a body costs nothing more.
+/// [`LINGER_FOR`] and [`LINGER_BYTES`]. Not when the client waits for `100 Continue` before
+/// it sends, when the body is bigger than that, or when the body itself failed. A request
+/// without a body costs nothing more.
 pub async fn linger(req: Request, next: Next) -> Response {
-    if req.body().is_end_stream() {
+    if req.body().is_end_stream() || req.body().size_hint().lower() > LINGER_BYTES {
         return next.run(req).await;
     }
+    let waits_to_send = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (parts, body) = req.into_parts();
-    let lent = Arc::new(Mutex::new(Some(body)));
+    let lent = Arc::new(Mutex::new(Held {
+        body: Some(body),
+        ..Held::default()
+    }));
     let resp = next
         .run(Request::from_parts(parts, Body::new(Lent(lent.clone()))))
         .await;
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    let timed_out = matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT
+    );
+    if !(status.is_client_error() || status.is_server_error()) || timed_out {
         return resp;
     }
     // Only a body no one holds any more: an answer still streaming may be reading it.
-    let left = Arc::into_inner(lent)
-        .and_then(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
-        .filter(|b| !b.is_end_stream());
-    if let Some(body) = left {
-        let mut data = body.into_data_stream();
-        let mut read = 0u64;
-        let _ = tokio::time::timeout(LINGER_FOR, async {
-            while let Some(Ok(chunk)) = data.next().await {
-                read += chunk.len() as u64;
-                if read > LINGER_BYTES {
-                    break;
+    let Some(held) =
+        Arc::into_inner(lent).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+    else {
+        return resp;
+    };
+    let unsent = waits_to_send && !held.read;
+    match held.body {
+        Some(body) if !held.failed && !unsent && !body.is_end_stream() => {
+            let mut data = body.into_data_stream();
+            let mut read = 0u64;
+            let _ = tokio::time::timeout(LINGER_FOR, async {
+                while let Some(Ok(chunk)) = data.next().await {
+                    read += chunk.len() as u64;
+                    if read > LINGER_BYTES {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
+        _ => {}
     }
     resp
 }

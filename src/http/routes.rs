@@ -160,11 +160,12 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     // own, and each request would then clone and box the stack of its route, layer by layer.
     let stack = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
+        // Outside the concurrency limit: reading a refused body holds no request slot.
+        .layer(axum::middleware::from_fn(linger::linger))
         .layer(overload)
         .layer(axum::middleware::map_response(
-            error::json_errors::<axum::body::Body>,
+            error::json_errors::<tower_http::limit::ResponseBody<axum::body::Body>>,
         ))
-        .layer(axum::middleware::from_fn(linger::linger))
         .layer(RequestBodyLimitLayer::new(
             usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
         ))

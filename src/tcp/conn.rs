@@ -48,8 +48,27 @@ pub(super) struct Shared {
     pub counters: Arc<SessionCounters>,
     /// Cancelled when the connection ends; streams then stop as failed, not as cancelled.
     pub closed: CancellationToken,
-    /// Longest wait for the next frame of an upload (the connection's idle timeout).
+    /// The connection's idle timeout: an upload ends when no frame came for this long.
     pub idle: std::time::Duration,
+    /// When the connection began; `last_in` counts from here.
+    pub born: tokio::time::Instant,
+    /// When the connection last received a frame, in milliseconds after `born`.
+    pub last_in: AtomicU64,
+}
+
+impl Shared {
+    /// Resolves once the connection has received no frame for the idle timeout.
+    pub async fn silent(&self) {
+        loop {
+            let last =
+                self.born + std::time::Duration::from_millis(self.last_in.load(Ordering::Relaxed));
+            let until = last + self.idle;
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
 }
 
 struct Slot {
@@ -152,6 +171,8 @@ impl Conn {
             counters,
             closed: CancellationToken::new(),
             idle: self.cfg.idle_timeout,
+            born: tokio::time::Instant::now(),
+            last_in: AtomicU64::new(0),
         });
         let reason = self.demux(&mut reader, &shared, client_window).await;
         drop(shared);
@@ -220,7 +241,10 @@ impl Conn {
             }
             tokio::select! {
                 frame = reader.next() => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.cfg.idle_timeout);
+                    let now = tokio::time::Instant::now();
+                    idle.as_mut().reset(now + self.cfg.idle_timeout);
+                    let since = now.saturating_duration_since(shared.born).as_millis();
+                    shared.last_in.store(since as u64, Ordering::Relaxed);
                     let frame = match frame {
                         None => break "closed by peer",
                         Some(Err(CodecError::Io(_))) => break "connection error",

@@ -34,12 +34,12 @@ fn cancelled() -> Error {
     Error::new(Code::Cancelled, "cancelled by the client")
 }
 
-/// An upload whose client sent nothing for `idle`: dropped.
-pub(crate) fn stalled(idle: std::time::Duration) -> Error {
+/// An upload whose connection received nothing for `idle`: dropped.
+fn stalled(idle: std::time::Duration) -> Error {
     Error::new(
         Code::Timeout,
         format!(
-            "no data for {} s: the upload is dropped",
+            "no frame for {} s: the upload is dropped",
             idle.as_secs_f64()
         ),
     )
@@ -231,13 +231,16 @@ async fn put(
     let mut eof = None;
     while eof.is_none() && (trailer || sink.remaining() > 0) {
         let frame = tokio::select! {
-            f = s.inbound.recv() => f,
+            biased;
             _ = s.cancel.cancelled() => {
                 sink.abort(s.by_client()).await;
                 return Err(cancelled());
             }
-            // A client that stops sending would hold its temp file and transfer slot forever.
-            _ = tokio::time::sleep(s.shared.idle) => {
+            f = s.inbound.recv() => f,
+            // A client gone silent would hold the temp file and a transfer slot forever. Any
+            // frame counts as life: the window this upload waits for may be queued behind a
+            // slow download on the same connection.
+            _ = s.shared.silent() => {
                 sink.abort(false).await;
                 return Err(stalled(s.shared.idle));
             }

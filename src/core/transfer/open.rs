@@ -10,6 +10,7 @@ use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
 use bytes::Bytes;
 use rustix::io::ReadWriteFlags;
+use std::os::unix::fs::MetadataExt;
 
 /// An opened file: handle, key, MD5 and, for a small file, its content.
 type Opening = (std::fs::File, FileKey, String, Option<Bytes>);
@@ -60,11 +61,41 @@ impl Files {
         let key = FileKey::of(&meta);
         let md5 = self.digests.lookup(rel.as_str(), key)?;
         let small = if key.size <= SMALL_FILE {
-            Some(read_whole(&file, key, ReadWriteFlags::NOWAIT)?)
+            // tmpfs and ramfs refuse RWF_NOWAIT, but their pages are memory: a plain read
+            // does not wait for a disk there (the disk thread found out which devices they are).
+            let flags = if self.in_memory(meta.dev()) {
+                ReadWriteFlags::empty()
+            } else {
+                ReadWriteFlags::NOWAIT
+            };
+            Some(read_whole(&file, key, flags)?)
         } else {
             None
         };
         Some((file, key, md5, small))
+    }
+
+    /// Whether the device `dev` is known to be a file system in memory.
+    fn in_memory(&self, dev: u64) -> bool {
+        let devs = self
+            .memory_devices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        devs.contains(&dev)
+    }
+
+    /// Notes the device of `file` if it is a file system in memory (a blocking call: on a
+    /// network file system `fstatfs` asks the server).
+    fn learn_device(&self, file: &std::fs::File, dev: u64) {
+        if in_memory(file) && !self.in_memory(dev) {
+            let mut devs = self
+                .memory_devices
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !devs.contains(&dev) {
+                devs.push(dev);
+            }
+        }
     }
 
     /// Opens on the disk thread, hashing the file if its digest is not stored.
@@ -83,6 +114,9 @@ impl Files {
             let small = (key.size <= SMALL_FILE)
                 .then(|| read_whole(&file, key, ReadWriteFlags::empty()))
                 .flatten();
+            if small.is_some() {
+                this.learn_device(&file, meta.dev());
+            }
             Ok(Some((file, key, md5, small)))
         })
         .await
@@ -122,7 +156,7 @@ fn open_file(files: &Files, rel: &RelPath) -> Result<std::fs::File> {
 fn read_whole(
     file: &std::fs::File,
     key: FileKey,
-    mut flags: rustix::io::ReadWriteFlags,
+    flags: rustix::io::ReadWriteFlags,
 ) -> Option<Bytes> {
     // Exactly `size` bytes: a file that grew or changed meanwhile shows in the key below.
     let mut buf = vec![0u8; key.size as usize];
@@ -132,14 +166,6 @@ fn read_whole(
         match rustix::io::preadv2(file, &mut part, got as u64, flags) {
             Ok(0) => break,
             Ok(n) => got += n,
-            // tmpfs and ramfs refuse RWF_NOWAIT, but their pages are memory: a plain read
-            // does not wait for a disk there.
-            Err(rustix::io::Errno::OPNOTSUPP) if flags.contains(ReadWriteFlags::NOWAIT) => {
-                if !in_memory(file) {
-                    return None;
-                }
-                flags.remove(ReadWriteFlags::NOWAIT);
-            }
             Err(_) => return None,
         }
     }
@@ -150,11 +176,11 @@ fn read_whole(
 
 /// Whether `file` lives on a file system kept in memory (tmpfs, ramfs).
 fn in_memory(file: &std::fs::File) -> bool {
-    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
     rustix::fs::fstatfs(file).is_ok_and(|s| {
-        // The field's width differs between platforms.
-        let kind = s.f_type as u64;
-        kind == libc::TMPFS_MAGIC as u64 || kind == RAMFS_MAGIC
+        // The field's width and sign differ between platforms; the magic numbers are 32 bits.
+        let kind = s.f_type as u32;
+        kind == libc::TMPFS_MAGIC as u32 || kind == RAMFS_MAGIC
     })
 }
 
@@ -162,10 +188,10 @@ fn in_memory(file: &std::fs::File) -> bool {
 mod tests {
     use super::*;
 
-    /// A small file in memory (/dev/shm is a tmpfs) is read on the async thread, although
-    /// tmpfs refuses `RWF_NOWAIT`.
+    /// /dev/shm is a tmpfs: it refuses `RWF_NOWAIT`, is recognised as memory, and a plain
+    /// read of a small file there works.
     #[test]
-    fn small_files_in_tmpfs_take_the_fast_read() {
+    fn tmpfs_is_recognised() {
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
             eprintln!("no /dev/shm here: nothing to check");
             return;
@@ -175,7 +201,7 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         assert!(in_memory(&file), "/dev/shm is not a tmpfs here");
         let key = FileKey::of(&file.metadata().unwrap());
-        let got = read_whole(&file, key, ReadWriteFlags::NOWAIT);
+        let got = read_whole(&file, key, ReadWriteFlags::empty());
         assert_eq!(got.as_deref(), Some(&b"ferry small file"[..]));
     }
 }
