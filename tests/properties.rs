@@ -182,6 +182,7 @@ fn msg() -> impl Strategy<Value = Msg> {
                         max_output: o,
                         max_concurrent_execs,
                     },
+                    features: vec!["md5_trailer".into()],
                 })
             },
         );
@@ -326,6 +327,7 @@ async fn client_refuses_a_welcome_whose_max_frame_has_no_room() {
                 max_output: 1000,
                 max_concurrent_execs: 1,
             },
+            features: vec![],
         };
         let mut out = BytesMut::new();
         FrameCodec::new(DEFAULT_MAX_FRAME)
@@ -340,4 +342,57 @@ async fn client_refuses_a_welcome_whose_max_frame_has_no_room() {
         .expect("a welcome with no room for data is refused");
     assert!(err.to_string().contains("leaves no room for data"), "{err}");
     drop(server.await.unwrap());
+}
+
+/// A server older than the trailing MD5 (its welcome has no `features`): the client library
+/// refuses a `put` without an MD5 before it sends anything, rather than send a request that
+/// server would reject as an unknown field.
+#[tokio::test]
+async fn put_without_md5_to_a_server_without_trailers_is_refused_locally() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        sock.read_exact(&mut len).await.unwrap();
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        sock.read_exact(&mut hello).await.unwrap();
+        // An older server's welcome, byte for byte: no `features` field.
+        let welcome = serde_json::json!({
+            "version": 1, "server": "ferry/0.0.9", "session": "s",
+            "limits": {"max_frame": 1048576, "window": 4194304, "exec_timeout_ms": 1000,
+                       "max_output": 1000, "max_concurrent_execs": 1},
+        });
+        let mut out = BytesMut::new();
+        FrameCodec::new(DEFAULT_MAX_FRAME)
+            .encode(Frame::json(Kind::Welcome, 0, &welcome), &mut out)
+            .unwrap();
+        sock.write_all(&out).await.unwrap();
+        // Everything the client sends after its hello, until it closes.
+        let mut rest = Vec::new();
+        sock.read_to_end(&mut rest).await.unwrap();
+        rest
+    });
+    let client = ferry::client::Client::connect(&addr, "token")
+        .await
+        .unwrap();
+    assert!(!client.supports("md5_trailer"));
+    let err = client
+        .put(
+            "f.bin",
+            std::io::Cursor::new(vec![7u8; 10]),
+            10,
+            None,
+            |_| {},
+        )
+        .await
+        .expect_err("no trailer to an older server");
+    assert!(err.to_string().contains("takes no trailing MD5"), "{err}");
+    drop(client);
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the client closes")
+        .unwrap();
+    assert!(rest.is_empty(), "the client sent {} bytes", rest.len());
 }

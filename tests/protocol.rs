@@ -172,6 +172,7 @@ impl Raw {
         assert!(w["session"].as_str().is_some_and(|s| !s.is_empty()), "{w}");
         assert_eq!(w["limits"]["max_frame"], MAX_FRAME, "{w}");
         assert!(w["limits"]["window"].as_u64().is_some_and(|n| n > 0), "{w}");
+        assert_eq!(w["features"], serde_json::json!(["md5_trailer"]), "{w}");
         w
     }
 

@@ -3,8 +3,9 @@
 use super::run::connect;
 use super::{GetArgs, LsArgs, PutArgs};
 use crate::client::Progress;
-use crate::core::checksum::{Md5Stream, digest_reader};
+use crate::core::checksum::{Md5Stream, digest_reader, hash_reader};
 use crate::core::flush::Flusher;
+use crate::tcp::messages::FEATURE_MD5_TRAILER;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -179,9 +180,17 @@ pub(super) async fn put(a: PutArgs) -> anyhow::Result<i32> {
     let file =
         std::fs::File::open(&a.local).map_err(|e| anyhow::anyhow!("{}: {e}", a.local.display()))?;
     let size = file.metadata()?.len();
+    // One pass: the file is hashed as it is sent, and its MD5 follows the bytes. A server too
+    // old to take that gets the MD5 up front, from a first pass over the file.
+    let md5 = if client.supports(FEATURE_MD5_TRAILER) {
+        None
+    } else {
+        let f = std::fs::File::open(&a.local)?;
+        let (md5, _) = tokio::task::spawn_blocking(move || hash_reader(f)).await??;
+        Some(md5)
+    };
     let pb = bar(&name);
-    // One pass: the file is hashed as it is sent, and its MD5 follows the bytes.
-    let result = client.put(&remote, file, size, None, track(&pb)).await;
+    let result = client.put(&remote, file, size, md5, track(&pb)).await;
     pb.finish_and_clear();
     let done = result?;
     eprintln!(

@@ -90,6 +90,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether the server announced the optional protocol part `feature` in its welcome.
+    pub fn supports(&self, feature: &str) -> bool {
+        self.welcome.features.iter().any(|f| f == feature)
+    }
+
     /// Connects to `addr` and says hello with `token`.
     pub async fn connect(addr: &str, token: &str) -> Result<Client> {
         Client::connect_with(addr, token, None).await

@@ -5,7 +5,9 @@ use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::exec::ExecRequest;
 use crate::core::files::Entry;
 use crate::tcp::codec::{Frame, Kind};
-use crate::tcp::messages::{ExecEnd, GetEnd, GetHeader, ListBatch, PutEnd, PutTrailer, Request};
+use crate::tcp::messages::{
+    ExecEnd, FEATURE_MD5_TRAILER, GetEnd, GetHeader, ListBatch, PutEnd, PutTrailer, Request,
+};
 use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -254,6 +256,12 @@ impl Client {
         mut progress: impl FnMut(Progress),
     ) -> Result<PutEnd> {
         let trailer = md5.is_none();
+        if trailer && !self.supports(FEATURE_MD5_TRAILER) {
+            return Err(ClientError::Local(format!(
+                "{} takes no trailing MD5 (an older ferry): give the file's MD5 up front",
+                self.welcome.server
+            )));
+        }
         let mut s = self
             .open(&Request::Put {
                 path: path.into(),

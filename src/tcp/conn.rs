@@ -2,7 +2,9 @@
 
 use super::TcpConfig;
 use super::codec::{CodecError, Frame, FrameCodec, HEADER_LEN, Kind};
-use super::messages::{ErrorBody, Hello, Limits, PROTOCOL_VERSION, Request, Welcome};
+use super::messages::{
+    ErrorBody, FEATURE_MD5_TRAILER, Hello, Limits, PROTOCOL_VERSION, Request, Welcome,
+};
 use super::ops::{self, StreamCtx};
 use super::writer::{shrink, write_loop};
 use crate::core::Core;
@@ -141,6 +143,7 @@ impl Conn {
                 max_output: limits.max_output,
                 max_concurrent_execs: limits.max_concurrent as u32,
             },
+            features: vec![FEATURE_MD5_TRAILER.to_string()],
         };
         if writer
             .send(Frame::json(Kind::Welcome, 0, &welcome))

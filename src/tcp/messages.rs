@@ -38,7 +38,14 @@ pub struct Welcome {
     pub session: String,
     /// The limits in force.
     pub limits: Limits,
+    /// Optional parts of the protocol this server takes, such as [`FEATURE_MD5_TRAILER`]
+    /// (absent from older servers' welcomes).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
+
+/// The feature name of `put`'s `md5_trailer` (the MD5 sent in the `Eof` after the bytes).
+pub const FEATURE_MD5_TRAILER: &str = "md5_trailer";
 
 /// Limits announced in the welcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
