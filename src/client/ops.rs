@@ -262,6 +262,8 @@ impl Client {
                 self.welcome.server
             )));
         }
+        // The MD5 the server must have stored: the one given, or the one hashed while sending.
+        let mut sent_md5 = md5.clone();
         let mut s = self
             .open(&Request::Put {
                 path: path.into(),
@@ -303,7 +305,16 @@ impl Client {
                 // The server may refuse early (bad path): its error ends the upload at once.
                 f = s.recv() => {
                     let f = f?;
-                    return if f.kind == Kind::End { parse(&f) } else { Err(unexpected(&f)) };
+                    if f.kind != Kind::End {
+                        return Err(unexpected(&f));
+                    }
+                    let end: PutEnd = parse(&f)?;
+                    return match sent_md5 {
+                        Some(m) if !m.eq_ignore_ascii_case(&end.md5) => {
+                            Err(ClientError::Mismatch { expected: m, actual: end.md5 })
+                        }
+                        _ => Ok(end),
+                    };
                 }
                 piece = rx.recv(), if sent < size => match piece {
                     Some(Ok(b)) => {
@@ -332,7 +343,8 @@ impl Client {
                         let _ = s.cancel().await;
                         return Err(ClientError::Local("hashing the local file failed".into()));
                     };
-                    let t = serde_json::to_vec(&PutTrailer { md5 }).expect("serializable");
+                    let t = serde_json::to_vec(&PutTrailer { md5: md5.clone() }).expect("serializable");
+                    sent_md5 = Some(md5);
                     if s.send_eof_with(t.into()).await.is_err() {
                         let f = s.recv().await?;
                         return Err(unexpected(&f));

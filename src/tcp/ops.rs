@@ -284,7 +284,10 @@ async fn put(
         }
         _ => sink.finish().await?,
     };
-    s.json(Kind::End, &done).await.map_err(|_| cancelled())
+    // The file is stored: its End goes out even if a Cancel came meanwhile, so that
+    // `cancelled` always means nothing was stored.
+    let end = Frame::json(Kind::End, s.id, &done);
+    s.shared.out.send(end).await.map_err(|_| cancelled())
 }
 
 async fn list(s: &StreamCtx, path: &str) -> Result<(), Error> {
