@@ -64,17 +64,19 @@ async fn hello(srv: &TestServer) -> TcpStream {
     s
 }
 
+/// Polls the audit until `table` has a row where `cond` holds.
+async fn wait_for_row(srv: &TestServer, table: &str, cond: &str) {
+    let deadline = Instant::now() + WAIT;
+    while srv.count(table, cond).await == 0 {
+        assert!(Instant::now() < deadline, "no row of {table} where {cond}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls the audit until a session of `transport` has ended with `reason`.
 async fn wait_for_reason(srv: &TestServer, transport: &str, reason: &str) {
     let cond = format!("transport = '{transport}' AND end_reason = '{reason}'");
-    let deadline = Instant::now() + WAIT;
-    while srv.count("sessions", &cond).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no {transport} session ended {reason}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_row(srv, "sessions", &cond).await;
 }
 
 #[tokio::test]
@@ -257,14 +259,7 @@ async fn wait_for_failed_put(srv: &TestServer, transport: &str, path: &str) {
     let cond = format!(
         "transport = '{transport}' AND path = '{path}' AND direction = 'put' AND result = 'failed'"
     );
-    let deadline = Instant::now() + WAIT;
-    while srv.count("transfers", &cond).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no failed {transport} put of {path}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_row(srv, "transfers", &cond).await;
 }
 
 #[tokio::test]

@@ -302,10 +302,10 @@ proptest! {
     }
 }
 
-/// A server whose welcome announces a largest frame below the frame header: the client refuses
-/// it with a protocol error (it used to underflow computing its chunk size, a panic in debug).
-#[tokio::test]
-async fn client_refuses_a_welcome_whose_max_frame_has_no_room() {
+/// A fake server on a free port: reads the client's hello, answers `welcome` (any JSON), then
+/// keeps the connection; its task returns every byte the client sent after the hello, once
+/// the client closes. Returns the address and that task.
+async fn fake_server(welcome: serde_json::Value) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -315,33 +315,42 @@ async fn client_refuses_a_welcome_whose_max_frame_has_no_room() {
         sock.read_exact(&mut len).await.unwrap();
         let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
         sock.read_exact(&mut hello).await.unwrap();
-        let max_frame = 3;
-        let welcome = Welcome {
-            version: 1,
-            server: "hostile".into(),
-            session: "s".into(),
-            limits: Limits {
-                max_frame,
-                window: 65536,
-                exec_timeout_ms: 1000,
-                max_output: 1000,
-                max_concurrent_execs: 1,
-            },
-            features: vec![],
-        };
         let mut out = BytesMut::new();
         FrameCodec::new(DEFAULT_MAX_FRAME)
             .encode(Frame::json(Kind::Welcome, 0, &welcome), &mut out)
             .unwrap();
         sock.write_all(&out).await.unwrap();
-        sock
+        let mut rest = Vec::new();
+        let _ = sock.read_to_end(&mut rest).await;
+        rest
     });
+    (addr, server)
+}
+
+/// A server whose welcome announces a largest frame below the frame header: the client refuses
+/// it with a protocol error (it used to underflow computing its chunk size, a panic in debug).
+#[tokio::test]
+async fn client_refuses_a_welcome_whose_max_frame_has_no_room() {
+    let welcome = Welcome {
+        version: 1,
+        server: "hostile".into(),
+        session: "s".into(),
+        limits: Limits {
+            max_frame: 3,
+            window: 65536,
+            exec_timeout_ms: 1000,
+            max_output: 1000,
+            max_concurrent_execs: 1,
+        },
+        features: vec![],
+    };
+    let (addr, server) = fake_server(serde_json::to_value(&welcome).unwrap()).await;
     let err = ferry::client::Client::connect(&addr, "token")
         .await
         .err()
         .expect("a welcome with no room for data is refused");
     assert!(err.to_string().contains("leaves no room for data"), "{err}");
-    drop(server.await.unwrap());
+    server.await.unwrap();
 }
 
 /// A server older than the trailing MD5 (its welcome has no `features`): the client library
@@ -349,31 +358,13 @@ async fn client_refuses_a_welcome_whose_max_frame_has_no_room() {
 /// server would reject as an unknown field.
 #[tokio::test]
 async fn put_without_md5_to_a_server_without_trailers_is_refused_locally() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let server = tokio::spawn(async move {
-        let (mut sock, _) = listener.accept().await.unwrap();
-        let mut len = [0u8; 4];
-        sock.read_exact(&mut len).await.unwrap();
-        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
-        sock.read_exact(&mut hello).await.unwrap();
-        // An older server's welcome, byte for byte: no `features` field.
-        let welcome = serde_json::json!({
-            "version": 1, "server": "ferry/0.0.9", "session": "s",
-            "limits": {"max_frame": 1048576, "window": 4194304, "exec_timeout_ms": 1000,
-                       "max_output": 1000, "max_concurrent_execs": 1},
-        });
-        let mut out = BytesMut::new();
-        FrameCodec::new(DEFAULT_MAX_FRAME)
-            .encode(Frame::json(Kind::Welcome, 0, &welcome), &mut out)
-            .unwrap();
-        sock.write_all(&out).await.unwrap();
-        // Everything the client sends after its hello, until it closes.
-        let mut rest = Vec::new();
-        sock.read_to_end(&mut rest).await.unwrap();
-        rest
-    });
+    // An older server's welcome, byte for byte: no `features` field.
+    let (addr, server) = fake_server(serde_json::json!({
+        "version": 1, "server": "ferry/0.0.9", "session": "s",
+        "limits": {"max_frame": 1048576, "window": 4194304, "exec_timeout_ms": 1000,
+                   "max_output": 1000, "max_concurrent_execs": 1},
+    }))
+    .await;
     let client = ferry::client::Client::connect(&addr, "token")
         .await
         .unwrap();
