@@ -324,7 +324,7 @@ async fn a_silent_http_upload_is_dropped() {
         got.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains(r#""code":"timeout""#), "{text}");
     assert!(t0.elapsed() >= IDLE - Duration::from_millis(50));
     wait_for_failed_put(&srv, "http", "kept.txt").await;

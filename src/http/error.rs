@@ -34,7 +34,7 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::ChecksumMismatch | Code::BadRequest => StatusCode::BAD_REQUEST,
         Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Code::Timeout => StatusCode::REQUEST_TIMEOUT,
         Code::Busy => StatusCode::SERVICE_UNAVAILABLE,
         Code::Cancelled | Code::Conflict => StatusCode::CONFLICT,
         Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
