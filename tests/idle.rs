@@ -20,6 +20,8 @@ const REQUEST: u8 = 0x10;
 const END: u8 = 0x12;
 const ERROR: u8 = 0x13;
 const STDOUT: u8 = 0x21;
+const DATA: u8 = 0x20;
+const WINDOW: u8 = 0x30;
 
 async fn idle_server() -> TestServer {
     TestServer::start_with(|c| {
@@ -243,17 +245,6 @@ async fn tcp_peer_that_stops_reading_is_dropped() {
     }
 }
 
-/// Names in the root that are `name` or an upload's temp file.
-fn leftovers(srv: &TestServer, name: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(&srv.root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n == name || n.contains(".ferry-tmp-"))
-        .collect();
-    v.sort();
-    v
-}
-
 /// Polls the audit until an upload of `path` over `transport` is recorded as failed.
 async fn wait_for_failed_put(srv: &TestServer, transport: &str, path: &str) {
     let cond = format!(
@@ -272,14 +263,14 @@ async fn a_silent_tcp_upload_is_dropped() {
     // Four of the ten bytes, then nothing: the stream is open, so the connection is not idle,
     // but the upload waits for data.
     let mut data = 9u32.to_be_bytes().to_vec();
-    data.push(0x20);
+    data.push(DATA);
     data.extend_from_slice(&1u32.to_be_bytes());
     data.extend_from_slice(b"new!");
     s.write_all(&data).await.unwrap();
     let t0 = Instant::now();
     let (kind, stream, payload) = loop {
         let f = read_frame(&mut s).await.expect("an error frame");
-        if f.0 != 0x30 {
+        if f.0 != WINDOW {
             break f; // window grants come first
         }
     };
@@ -294,7 +285,7 @@ async fn a_silent_tcp_upload_is_dropped() {
     assert!(t0.elapsed() >= IDLE - Duration::from_millis(50));
     wait_for_failed_put(&srv, "tcp", "kept.txt").await;
     assert_eq!(std::fs::read(srv.path("kept.txt")).unwrap(), b"old");
-    assert_eq!(leftovers(&srv, "kept.txt"), ["kept.txt"]);
+    assert_eq!(srv.leftovers("kept.txt"), ["kept.txt"]);
     // The stream is gone, so the connection's own idle clock runs again.
     let (kind, stream, _) = read_frame(&mut s).await.expect("an error frame");
     assert_eq!((kind, stream), (ERROR, 0));
@@ -329,5 +320,5 @@ async fn a_silent_http_upload_is_dropped() {
     assert!(t0.elapsed() >= IDLE - Duration::from_millis(50));
     wait_for_failed_put(&srv, "http", "kept.txt").await;
     assert_eq!(std::fs::read(srv.path("kept.txt")).unwrap(), b"old");
-    assert_eq!(leftovers(&srv, "kept.txt"), ["kept.txt"]);
+    assert_eq!(srv.leftovers("kept.txt"), ["kept.txt"]);
 }

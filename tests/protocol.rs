@@ -244,15 +244,6 @@ async fn refused_after_hello(server: &TestServer, bytes: &[u8], code: &str) {
     raw.expect_error_then_close(code).await;
 }
 
-/// Names in the root that are `name` or a temp file of an upload.
-fn leftovers(server: &TestServer, name: &str) -> Vec<String> {
-    std::fs::read_dir(&server.root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n == name || n.contains(".ferry-tmp-"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ping_over_raw_frames() {
     let s = TestServer::start().await;
@@ -523,7 +514,7 @@ async fn request_stream_ids() {
     raw.send(&bytes).await;
     let after = raw.expect_conn_error("bad_request").await;
     // The server has closed: the abandoned upload left nothing behind.
-    assert_eq!(leftovers(&s, "open.bin"), Vec::<String>::new());
+    assert_eq!(s.leftovers("open.bin"), Vec::<String>::new());
     assert_healthy(&s, &keeper).await;
     assert!(
         after.is_empty(),
@@ -546,7 +537,7 @@ async fn put_beyond_the_window() {
     bytes.extend_from_slice(&frame(DATA, 1, &random_bytes(window + 1, 7)));
     raw.send(&bytes).await;
     let after = raw.expect_conn_error("bad_request").await;
-    assert_eq!(leftovers(&s, "over.bin"), Vec::<String>::new());
+    assert_eq!(s.leftovers("over.bin"), Vec::<String>::new());
     assert_healthy(&s, &keeper).await;
 
     // The same upload within the window succeeds (so the refusal above is about the window).
@@ -611,7 +602,7 @@ async fn put_with_a_trailing_md5() {
     let req = json!({"op": "put", "path": "t.bin", "size": new.len(), "md5_trailer": true});
     let untouched = |s: &TestServer| {
         assert_eq!(std::fs::read(s.path("t.bin")).unwrap(), old);
-        assert_eq!(leftovers(s, "t.bin"), ["t.bin"]);
+        assert_eq!(s.leftovers("t.bin"), ["t.bin"]);
     };
 
     // A wrong MD5 after the bytes: refused, and the old file stays as it was.
@@ -652,7 +643,7 @@ async fn put_with_a_trailing_md5() {
     assert_eq!(f.kind, END, "{f:?}");
     assert_eq!(f.json()["md5"], md5.as_str(), "{f:?}");
     assert_eq!(std::fs::read(s.path("t.bin")).unwrap(), new);
-    assert_eq!(leftovers(&s, "t.bin"), ["t.bin"]);
+    assert_eq!(s.leftovers("t.bin"), ["t.bin"]);
     s.stop().await;
 }
 

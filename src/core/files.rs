@@ -45,8 +45,9 @@ pub struct Files {
     pub(crate) digests: DigestCache,
     pub(crate) audit: Audit,
     pub(crate) registry: Registry,
-    /// Devices found to be file systems in memory (tmpfs, ramfs), learned on the disk thread.
-    pub(crate) memory_devices: Arc<std::sync::RwLock<Vec<u64>>>,
+    /// Each device seen by the disk thread, and whether it is a file system in memory (tmpfs,
+    /// ramfs), whose small files the async thread reads without `RWF_NOWAIT`.
+    pub(crate) memory_devices: Arc<std::sync::RwLock<Vec<(u64, bool)>>>,
 }
 
 /// Runs blocking filesystem work off the async threads.

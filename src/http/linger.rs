@@ -75,8 +75,9 @@ impl HttpBody for Lent {
 
 /// Runs the request; when the answer is an error and the body was left unread (a refused
 /// upload: no token, a stale offset), reads and discards the rest of it first, for at most
-/// [`LINGER_FOR`] and [`LINGER_BYTES`]. Not when the client waits for `100 Continue` before
-/// it sends, when the body is bigger than that, or when the body itself failed. A request
+/// [`LINGER_FOR`] and [`LINGER_BYTES`]. Not after a timeout, when the client waits for
+/// `100 Continue` before it sends, when the body is bigger than that, or when the body itself
+/// failed. A request
 /// without a body costs nothing more.
 pub async fn linger(req: Request, next: Next) -> Response {
     if req.body().is_end_stream() || req.body().size_hint().lower() > LINGER_BYTES {
@@ -95,11 +96,8 @@ pub async fn linger(req: Request, next: Next) -> Response {
         .run(Request::from_parts(parts, Body::new(Lent(lent.clone()))))
         .await;
     let status = resp.status();
-    let timed_out = matches!(
-        status,
-        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT
-    );
-    if !(status.is_client_error() || status.is_server_error()) || timed_out {
+    let failed = status.is_client_error() || status.is_server_error();
+    if !failed || status == StatusCode::REQUEST_TIMEOUT {
         return resp;
     }
     // Only a body no one holds any more: an answer still streaming may be reading it.

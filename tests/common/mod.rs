@@ -151,6 +151,17 @@ impl TestServer {
         self.root.join(rel)
     }
 
+    /// Names in the root that are `name` or an upload's temp file, sorted.
+    pub fn leftovers(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n == name || n.contains(".ferry-tmp-"))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Waits until every audit row written so far is committed.
     pub async fn flush_audit(&self) {
         self.core.audit.flush().await;

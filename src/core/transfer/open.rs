@@ -63,7 +63,7 @@ impl Files {
         let small = if key.size <= SMALL_FILE {
             // tmpfs and ramfs refuse RWF_NOWAIT, but their pages are memory: a plain read
             // does not wait for a disk there (the disk thread found out which devices they are).
-            let flags = if self.in_memory(meta.dev()) {
+            let flags = if self.in_memory(meta.dev()) == Some(true) {
                 ReadWriteFlags::empty()
             } else {
                 ReadWriteFlags::NOWAIT
@@ -75,26 +75,29 @@ impl Files {
         Some((file, key, md5, small))
     }
 
-    /// Whether the device `dev` is known to be a file system in memory.
-    fn in_memory(&self, dev: u64) -> bool {
+    /// Whether the device `dev` is known to be a file system in memory: `None` until the disk
+    /// thread has looked.
+    fn in_memory(&self, dev: u64) -> Option<bool> {
         let devs = self
             .memory_devices
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        devs.contains(&dev)
+        devs.iter().find(|(d, _)| *d == dev).map(|(_, m)| *m)
     }
 
-    /// Notes the device of `file` if it is a file system in memory (a blocking call: on a
-    /// network file system `fstatfs` asks the server).
+    /// Notes whether the device of `file` is a file system in memory, once per device (a
+    /// blocking call: on a network file system `fstatfs` asks the server).
     fn learn_device(&self, file: &std::fs::File, dev: u64) {
-        if in_memory(file) && !self.in_memory(dev) {
-            let mut devs = self
-                .memory_devices
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !devs.contains(&dev) {
-                devs.push(dev);
-            }
+        if self.in_memory(dev).is_some() {
+            return;
+        }
+        let memory = on_memory_fs(file);
+        let mut devs = self
+            .memory_devices
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !devs.iter().any(|(d, _)| *d == dev) {
+            devs.push((dev, memory));
         }
     }
 
@@ -175,7 +178,7 @@ fn read_whole(
 }
 
 /// Whether `file` lives on a file system kept in memory (tmpfs, ramfs).
-fn in_memory(file: &std::fs::File) -> bool {
+fn on_memory_fs(file: &std::fs::File) -> bool {
     const RAMFS_MAGIC: u32 = 0x8584_58f6;
     rustix::fs::fstatfs(file).is_ok_and(|s| {
         // The field's width and sign differ between platforms; the magic numbers are 32 bits.
@@ -199,7 +202,7 @@ mod tests {
         let path = dir.path().join("small.bin");
         std::fs::write(&path, b"ferry small file").unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        assert!(in_memory(&file), "/dev/shm is not a tmpfs here");
+        assert!(on_memory_fs(&file), "/dev/shm is not a tmpfs here");
         let key = FileKey::of(&file.metadata().unwrap());
         let got = read_whole(&file, key, ReadWriteFlags::empty());
         assert_eq!(got.as_deref(), Some(&b"ferry small file"[..]));
