@@ -1,6 +1,6 @@
 //! The one streaming MD5 used by every path that moves bytes.
 
-use md5::{Digest, Md5};
+use ferry_md5::{Digest, Md5};
 use std::io::{self, Read, Write};
 
 /// A streaming MD5 that counts the bytes it has seen.
