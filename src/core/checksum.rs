@@ -102,7 +102,7 @@ pub fn hash_reader(reader: impl Read) -> io::Result<(String, u64)> {
 /// An MD5 computed on a thread of its own: the bytes are hashed while the caller writes them,
 /// so that a verified stream costs the longer of the two instead of their sum.
 pub struct Md5Thread {
-    tx: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<bytes::Bytes>>>,
     thread: Option<std::thread::JoinHandle<Md5Stream>>,
     /// The digest, hashed inline, when no thread could be started.
     inline: Option<Md5Stream>,
@@ -112,12 +112,14 @@ impl Md5Thread {
     /// Starts hashing on from `state` (a resumed download's prefix, or a fresh digest); hashes
     /// inline instead if the system has no thread to spare.
     pub fn start(state: Md5Stream) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(MD5_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(MD5_QUEUE);
         let spawned = std::thread::Builder::new().name("ferry-md5".into()).spawn({
             let mut md5 = state.clone();
             move || {
-                for chunk in rx {
-                    md5.update(&chunk);
+                for batch in rx {
+                    for chunk in batch {
+                        md5.update(&chunk);
+                    }
                 }
                 md5
             }
@@ -138,10 +140,16 @@ impl Md5Thread {
 
     /// Hands `chunk` over (waits only while a few chunks are already queued).
     pub fn update(&mut self, chunk: bytes::Bytes) {
+        self.update_batch(vec![chunk]);
+    }
+
+    /// Hands several chunks over at once, hashed in order: one wake-up of the hashing thread
+    /// for all of them.
+    pub fn update_batch(&mut self, batch: Vec<bytes::Bytes>) {
         if let Some(md5) = &mut self.inline {
-            md5.update(&chunk);
+            batch.iter().for_each(|chunk| md5.update(chunk));
         } else if let Some(tx) = &self.tx {
-            let _ = tx.send(chunk);
+            let _ = tx.send(batch);
         }
     }
 
@@ -162,8 +170,9 @@ impl Drop for Md5Thread {
     }
 }
 
-/// Chunks queued for the hashing thread before the writer waits.
-const MD5_QUEUE: usize = 8;
+/// Hand-overs (a chunk, or a batch of up to 1 MiB from an upload) queued for the hashing
+/// thread before the writer waits.
+const MD5_QUEUE: usize = 4;
 
 /// Whether `s` is a well-formed MD5 hex digest (32 hex digits, any case).
 pub fn is_md5_hex(s: &str) -> bool {

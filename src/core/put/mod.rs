@@ -87,7 +87,8 @@ impl Files {
                 size: size.unwrap_or(0),
             },
             commit,
-            pending: bytes::BytesMut::new(),
+            pending: Vec::new(),
+            pending_len: 0,
         })
     }
 }
@@ -136,20 +137,25 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
 
 /// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
 pub struct PutSink {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Vec<Bytes>>>,
     worker: Option<tokio::task::JoinHandle<Settled>>,
     received: u64,
     size: Option<u64>,
     expected: Option<String>,
     ctx: TransferCtx,
     commit: Arc<Commit>,
-    /// Small chunks gathered into one write of at least [`GATHER`] bytes.
-    pending: bytes::BytesMut,
+    /// Chunks gathered (not copied) into one hand-over of at least [`GATHER`] bytes.
+    pending: Vec<Bytes>,
+    /// Bytes in `pending`.
+    pending_len: usize,
 }
 
-/// Chunks smaller than this (HTTP bodies arrive in pieces of a few KiB) are gathered before
-/// they go to the disk thread: one hand-over, one write and one hash update per 256 KiB.
+/// Chunks are handed to the disk thread in batches of at least this many bytes (HTTP bodies
+/// arrive in pieces of 64 KiB or less): one wake-up of the disk thread per batch, not per piece.
 const GATHER: usize = 256 * 1024;
+
+/// At most this many pieces go in one batch (one `writev` takes at most 1024).
+const GATHER_PIECES: usize = 64;
 
 /// How the disk thread settled an upload, with the MD5 of the received bytes when it got that far.
 type Settled = (Result<PutDone>, Option<String>);
@@ -188,24 +194,23 @@ impl PutSink {
         if let Some(h) = &self.ctx.handle {
             h.progress(chunk.len() as u64);
         }
-        if self.pending.is_empty() && chunk.len() >= GATHER {
-            return self.hand_over(chunk).await;
-        }
-        self.pending.extend_from_slice(&chunk);
-        if self.pending.len() < GATHER {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len < GATHER && self.pending.len() < GATHER_PIECES {
             return Ok(());
         }
-        let gathered = self.pending.split().freeze();
-        self.hand_over(gathered).await
+        self.hand_over().await
     }
 
-    /// Sends a chunk to the disk thread.
-    async fn hand_over(&mut self, chunk: Bytes) -> Result<()> {
+    /// Sends the gathered chunks to the disk thread.
+    async fn hand_over(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| Error::internal("put already finished"))?;
-        if tx.send(chunk).await.is_ok() {
+        if tx.send(batch).await.is_ok() {
             Ok(())
         } else {
             Err(self.worker_error().await)
@@ -262,15 +267,14 @@ impl PutSink {
                 .await;
             return Err(err);
         }
-        if !self.pending.is_empty() {
-            let rest = self.pending.split().freeze();
-            if let Err(e) = self.hand_over(rest).await {
-                let _ = self.stop_worker().await;
-                self.ctx
-                    .record("put", TransferState::Failed, None, self.expected.clone())
-                    .await;
-                return Err(e);
-            }
+        if !self.pending.is_empty()
+            && let Err(e) = self.hand_over().await
+        {
+            let _ = self.stop_worker().await;
+            self.ctx
+                .record("put", TransferState::Failed, None, self.expected.clone())
+                .await;
+            return Err(e);
         }
         // Closing the queue with the commit flag set tells the worker that all data is in.
         self.commit.done.store(true, Ordering::SeqCst);
@@ -320,7 +324,7 @@ impl PutSink {
 fn write_loop(
     files: &Files,
     file: std::fs::File,
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Vec<Bytes>>,
     rel: &RelPath,
     tmp: &RelPath,
     size: Option<u64>,

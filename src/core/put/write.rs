@@ -6,14 +6,14 @@ use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::error::{Code, Error, Result};
 use crate::core::flush::Flusher;
 use bytes::Bytes;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use tokio::sync::mpsc;
 
 /// Hashes on one thread while writing on this one; checks size and MD5; fsyncs. Returns the MD5
 /// of the received bytes whenever all of them arrived.
 pub(super) fn write_and_verify(
     file: std::fs::File,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
     size: Option<u64>,
     expected: Option<&str>,
     commit: &Commit,
@@ -22,13 +22,22 @@ pub(super) fn write_and_verify(
     let mut flusher = Flusher::default();
     let mut file = file;
     let mut written = 0u64;
-    while let Some(chunk) = rx.blocking_recv() {
-        let n = chunk.len() as u64;
-        hasher.update(chunk.clone());
-        if let Err(e) = file.write_all(&chunk) {
+    while let Some(mut batch) = rx.blocking_recv() {
+        // Whatever else is already queued goes into the same write and the same hand-over to
+        // the hashing thread: each wake-up of a thread moves as much as it can.
+        let mut n: u64 = batch.iter().map(|c| c.len() as u64).sum();
+        while n < BATCH
+            && batch.len() < BATCH_PIECES
+            && let Ok(more) = rx.try_recv()
+        {
+            n += more.iter().map(|c| c.len() as u64).sum::<u64>();
+            batch.extend(more);
+        }
+        if let Err(e) = write_all(&mut file, &batch) {
             flusher.stop();
             return (Err(Error::internal(e)), None);
         }
+        hasher.update_batch(batch);
         written += n;
         flusher.wrote(&file, n);
     }
@@ -60,4 +69,25 @@ pub(super) fn write_and_verify(
     }
     let r = file.sync_all().map(|_| file).map_err(Error::internal);
     (r, Some(actual))
+}
+
+/// Bytes the disk thread writes and hands to the hashing thread at once, at most.
+const BATCH: u64 = 1 << 20;
+
+/// Pieces in one batch, at most (one `writev` takes at most 1024).
+const BATCH_PIECES: usize = 256;
+
+/// Writes every piece of `batch`, in as few `writev` calls as the file takes.
+fn write_all(file: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
