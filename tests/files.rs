@@ -213,12 +213,17 @@ async fn a_client_killed_mid_put_leaves_nothing() {
         .send(Frame::json(Kind::Request, 1, &put))
         .await
         .unwrap();
-    framed
-        .send(Frame::new(Kind::Data, 1, random_bytes(512 << 10, 3)))
-        .await
-        .unwrap();
-    // The server acknowledges the bytes once they are on their way to disk; then vanish.
-    assert_eq!(framed.next().await.unwrap().unwrap().kind, Kind::Window);
+    // Half the default window (4 MiB) in 256 KiB frames: the server grants the bytes back
+    // once they are on its way to disk, in one step; then vanish.
+    for part in random_bytes(2 << 20, 3).chunks(256 << 10) {
+        framed
+            .send(Frame::new(Kind::Data, 1, part.to_vec()))
+            .await
+            .unwrap();
+    }
+    let grant = framed.next().await.unwrap().unwrap();
+    assert_eq!(grant.kind, Kind::Window);
+    assert_eq!(grant.payload[..], (2u32 << 20).to_be_bytes());
     drop(framed);
     let failed = loop {
         match events.recv().await.unwrap() {

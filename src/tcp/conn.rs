@@ -56,6 +56,9 @@ pub(super) struct Shared {
     pub born: tokio::time::Instant,
     /// When the connection last received a frame, in milliseconds after `born`.
     pub last_in: AtomicU64,
+    /// Upload bytes consumed before the server grants them back in one `Window`: half the
+    /// initial window, as HTTP/2 peers do, so a sender is woken once per step, not per frame.
+    pub grant_step: usize,
 }
 
 impl Shared {
@@ -176,6 +179,7 @@ impl Conn {
             idle: self.cfg.idle_timeout,
             born: tokio::time::Instant::now(),
             last_in: AtomicU64::new(0),
+            grant_step: (self.cfg.window as usize / 2).max(1),
         });
         let reason = self.demux(&mut reader, &shared, client_window).await;
         drop(shared);

@@ -229,6 +229,8 @@ async fn put(
         .put(&s.shared.actor, path, Some(size), md5)
         .await?;
     let mut eof = None;
+    // Bytes consumed but not yet granted back (see `Shared::grant_step`).
+    let mut owed = 0;
     while eof.is_none() && (trailer || sink.remaining() > 0) {
         let frame = tokio::select! {
             biased;
@@ -252,7 +254,11 @@ async fn put(
                     sink.abort(false).await;
                     return Err(e);
                 }
-                s.grant(n).await;
+                owed += n;
+                if owed >= s.shared.grant_step {
+                    s.grant(owed).await;
+                    owed = 0;
+                }
             }
             Some(f) => eof = Some(f.payload),
             // The connection's reader is gone: `finish` reports a shortfall, if any.
