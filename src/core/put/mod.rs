@@ -182,7 +182,8 @@ impl PutSink {
         self.received
     }
 
-    /// Hands a chunk to the disk thread; waits only while its small queue is full.
+    /// Takes a chunk for the disk thread, which gets them in batches; waits only while its
+    /// small queue is full.
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
         if chunk.len() as u64 > self.remaining() {
             return Err(Error::bad_request(format!(
@@ -193,6 +194,9 @@ impl PutSink {
         self.received += chunk.len() as u64;
         if let Some(h) = &self.ctx.handle {
             h.progress(chunk.len() as u64);
+        }
+        if chunk.is_empty() {
+            return Ok(());
         }
         self.pending_len += chunk.len();
         self.pending.push(chunk);

@@ -79,7 +79,12 @@ const BATCH_PIECES: usize = 256;
 
 /// Writes every piece of `batch`, in as few `writev` calls as the file takes.
 fn write_all(file: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|c| IoSlice::new(c)).collect();
+    // Empty pieces are left out: a `writev` of nothing but them returns 0, as a full disk might.
+    let mut slices: Vec<IoSlice<'_>> = batch
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| IoSlice::new(c))
+        .collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match file.write_vectored(rest) {
@@ -90,4 +95,24 @@ fn write_all(file: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_written_whole_and_in_order_empty_pieces_included() {
+        let path = std::env::temp_dir().join(format!("ferry-batch-{}", std::process::id()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let pieces: Vec<Bytes> = (0..300u32)
+            .map(|i| Bytes::from(vec![i as u8; (i as usize * 37) % 5000]))
+            .collect();
+        write_all(&mut file, &pieces).unwrap();
+        write_all(&mut file, &[Bytes::new(), Bytes::new()]).unwrap();
+        drop(file);
+        let want: Vec<u8> = pieces.concat();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
