@@ -477,3 +477,40 @@ async fn a_fifo_is_refused_without_blocking() {
     assert_eq!(err.code(), Some(Code::BadRequest), "{err}");
     s.stop().await;
 }
+
+/// An upload that arrives in thousands of pieces of every size (as HTTP bodies and slow
+/// clients deliver them) is stored whole and in order, and its MD5 is the bytes' own: pieces
+/// are copied together, kept as they are, batched and handed to the MD5 thread in many ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_in_thousands_of_uneven_pieces_is_stored_whole() {
+    let s = TestServer::start().await;
+    let data = random_bytes(6 << 20, 21);
+    let admin = std::sync::Arc::new(ferry::core::auth::Principal::admin("test"));
+    let (actor, _guard) = s.core.open_session("tcp", "test".into(), admin).await;
+    let mut sink = s
+        .core
+        .files
+        .put(&actor, "pieces.bin", Some(data.len() as u64), None)
+        .await
+        .unwrap();
+    let (mut at, mut i) = (0, 0usize);
+    while at < data.len() {
+        // Mostly small pieces, with an empty one, a mid-sized and a large one now and then.
+        let n = match i % 50 {
+            0 => 0,
+            7 => 20_000,
+            31 => 300_000,
+            _ => 1 + (i * 37) % 100,
+        }
+        .min(data.len() - at);
+        sink.write(bytes::Bytes::copy_from_slice(&data[at..at + n]))
+            .await
+            .unwrap();
+        at += n;
+        i += 1;
+    }
+    let done = sink.finish().await.unwrap();
+    let want = hex::encode(<md5::Md5 as md5::Digest>::digest(&data));
+    assert_eq!(done.md5, want);
+    assert_eq!(std::fs::read(s.path("pieces.bin")).unwrap(), data);
+}

@@ -170,8 +170,8 @@ impl Drop for Md5Thread {
     }
 }
 
-/// Hand-overs (a chunk, or a batch of up to 1 MiB from an upload) queued for the hashing
-/// thread before the writer waits.
+/// Hand-overs (a chunk, or an upload's batch of about 1 MiB) queued for the hashing thread
+/// before the writer waits.
 const MD5_QUEUE: usize = 4;
 
 /// Whether `s` is a well-formed MD5 hex digest (32 hex digits, any case).

@@ -88,6 +88,7 @@ impl Files {
             },
             commit,
             pending: Vec::new(),
+            small: bytes::BytesMut::new(),
             pending_len: 0,
         })
     }
@@ -144,18 +145,26 @@ pub struct PutSink {
     expected: Option<String>,
     ctx: TransferCtx,
     commit: Arc<Commit>,
-    /// Chunks gathered (not copied) into one hand-over of at least [`GATHER`] bytes.
+    /// Chunks gathered into one hand-over of about [`GATHER`] bytes: large ones as they are,
+    /// small ones copied together into one piece.
     pending: Vec<Bytes>,
-    /// Bytes in `pending`.
+    /// Small chunks copied together, the next piece of `pending`.
+    small: bytes::BytesMut,
+    /// Bytes in `pending` and `small`.
     pending_len: usize,
 }
 
-/// Chunks are handed to the disk thread in batches of at least this many bytes (HTTP bodies
+/// Chunks are handed to the disk thread in batches of this many bytes or more (HTTP bodies
 /// arrive in pieces of 64 KiB or less): one wake-up of the disk thread per batch, not per piece.
 const GATHER: usize = 256 * 1024;
 
-/// At most this many pieces go in one batch (one `writev` takes at most 1024).
+/// A batch is handed over at this many pieces even if it is smaller (one `writev` takes at most
+/// 1024).
 const GATHER_PIECES: usize = 64;
+
+/// Chunks smaller than this are copied together rather than kept: each may be a slice that
+/// holds a whole read buffer of the transport (a client trickling single bytes).
+const SMALL: usize = 16 * 1024;
 
 /// How the disk thread settled an upload, with the MD5 of the received bytes when it got that far.
 type Settled = (Result<PutDone>, Option<String>);
@@ -199,15 +208,28 @@ impl PutSink {
             return Ok(());
         }
         self.pending_len += chunk.len();
-        self.pending.push(chunk);
+        if chunk.len() < SMALL {
+            self.small.extend_from_slice(&chunk);
+        } else {
+            self.seal_small();
+            self.pending.push(chunk);
+        }
         if self.pending_len < GATHER && self.pending.len() < GATHER_PIECES {
             return Ok(());
         }
         self.hand_over().await
     }
 
+    /// Closes the piece of small chunks copied so far, keeping the order of the chunks.
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() {
+            self.pending.push(self.small.split().freeze());
+        }
+    }
+
     /// Sends the gathered chunks to the disk thread.
     async fn hand_over(&mut self) -> Result<()> {
+        self.seal_small();
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
         let tx = self
@@ -271,7 +293,7 @@ impl PutSink {
                 .await;
             return Err(err);
         }
-        if !self.pending.is_empty()
+        if self.pending_len > 0
             && let Err(e) = self.hand_over().await
         {
             let _ = self.stop_worker().await;

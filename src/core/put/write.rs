@@ -22,22 +22,28 @@ pub(super) fn write_and_verify(
     let mut flusher = Flusher::default();
     let mut file = file;
     let mut written = 0u64;
-    while let Some(mut batch) = rx.blocking_recv() {
+    // A batch taken from the queue that did not fit in the previous write.
+    let mut carried: Option<Vec<Bytes>> = None;
+    while let Some(mut batch) = carried.take().or_else(|| rx.blocking_recv()) {
         // Whatever else is already queued goes into the same write and the same hand-over to
-        // the hashing thread: each wake-up of a thread moves as much as it can.
-        let mut n: u64 = batch.iter().map(|c| c.len() as u64).sum();
-        while n < BATCH
-            && batch.len() < BATCH_PIECES
-            && let Ok(more) = rx.try_recv()
-        {
-            n += more.iter().map(|c| c.len() as u64).sum::<u64>();
+        // the hashing thread, up to `BATCH`: each wake-up of a thread moves as much as it can.
+        let mut n = bytes_in(&batch);
+        while n < BATCH && batch.len() < BATCH_PIECES {
+            let Ok(more) = rx.try_recv() else { break };
+            let m = bytes_in(&more);
+            if n + m > BATCH {
+                carried = Some(more);
+                break;
+            }
+            n += m;
             batch.extend(more);
         }
+        // Hashed while it is written.
+        hasher.update_batch(batch.clone());
         if let Err(e) = write_all(&mut file, &batch) {
             flusher.stop();
             return (Err(Error::internal(e)), None);
         }
-        hasher.update_batch(batch);
         written += n;
         flusher.wrote(&file, n);
     }
@@ -71,8 +77,14 @@ pub(super) fn write_and_verify(
     (r, Some(actual))
 }
 
-/// Bytes the disk thread writes and hands to the hashing thread at once, at most.
+/// Bytes the disk thread writes and hands to the hashing thread at once, at most (unless one
+/// batch from the queue is larger by itself).
 const BATCH: u64 = 1 << 20;
+
+/// Bytes in a batch.
+fn bytes_in(batch: &[Bytes]) -> u64 {
+    batch.iter().map(|c| c.len() as u64).sum()
+}
 
 /// Pieces in one batch, at most (one `writev` takes at most 1024).
 const BATCH_PIECES: usize = 256;
