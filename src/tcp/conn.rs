@@ -77,15 +77,6 @@ impl Shared {
     }
 }
 
-/// How many consumed upload bytes the server gathers before one grant: half the window, but
-/// never so many that a client waiting for room for a whole frame (up to `max_frame` - 5
-/// bytes) could wait forever on bytes the server holds back.
-fn grant_step(window: usize, max_frame: usize) -> usize {
-    (window / 2)
-        .min(window.saturating_sub(max_frame.saturating_sub(5)))
-        .max(1)
-}
-
 struct Slot {
     inbound: Option<mpsc::UnboundedSender<Frame>>,
     /// The stream's `Eof` has been passed on: later data frames are discarded, not queued.
@@ -189,7 +180,7 @@ impl Conn {
             idle: self.cfg.idle_timeout,
             born: tokio::time::Instant::now(),
             last_in: AtomicU64::new(0),
-            grant_step: grant_step(self.cfg.window as usize, self.cfg.max_frame),
+            grant_step: super::ops::grant_step(self.cfg.window as usize, self.cfg.max_frame),
         });
         let reason = self.demux(&mut reader, &shared, client_window).await;
         drop(shared);
@@ -405,26 +396,5 @@ fn codec_error(e: &CodecError) -> Error {
     match e {
         CodecError::TooLarge(..) => Error::new(Code::TooLarge, e.to_string()),
         _ => Error::bad_request(e.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grant_step;
-
-    #[test]
-    fn a_grant_step_always_leaves_room_for_a_whole_frame() {
-        // Defaults: 4 MiB window, 1 MiB frames: half the window.
-        assert_eq!(grant_step(4 << 20, 1 << 20), 2 << 20);
-        // 8 MiB frames in a 4 MiB window: every byte is granted back at once.
-        assert_eq!(grant_step(4 << 20, 8 << 20), 1);
-        for (window, max_frame) in [(4096, 4096), (100_000, 65_536), (3 << 20, 2 << 20)] {
-            let step = grant_step(window, max_frame);
-            // A client holding back `step - 1` ungranted bytes still has room for a frame.
-            assert!(
-                window - (step - 1) >= (max_frame - 5).min(window),
-                "{window} {max_frame}"
-            );
-        }
     }
 }

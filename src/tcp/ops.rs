@@ -45,6 +45,15 @@ fn stalled(idle: std::time::Duration) -> Error {
     )
 }
 
+/// How many consumed upload bytes the server gathers before one grant: half the window, but
+/// never so many that a client waiting for room for a whole frame (up to `max_frame` - 5
+/// bytes) could wait forever on bytes the server holds back.
+pub(super) fn grant_step(window: usize, max_frame: usize) -> usize {
+    (window / 2)
+        .min(window.saturating_sub(max_frame.saturating_sub(5)))
+        .max(1)
+}
+
 impl StreamCtx {
     async fn send(&self, frame: Frame) -> Result<(), Gone> {
         tokio::select! {
@@ -310,4 +319,25 @@ async fn list(s: &StreamCtx, path: &str) -> Result<(), Error> {
         count: entries.len() as u64,
     };
     s.json(Kind::End, &end).await.map_err(|_| cancelled())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grant_step;
+
+    #[test]
+    fn a_grant_step_always_leaves_room_for_a_whole_frame() {
+        // Defaults: 4 MiB window, 1 MiB frames: half the window.
+        assert_eq!(grant_step(4 << 20, 1 << 20), 2 << 20);
+        // 8 MiB frames in a 4 MiB window: every byte is granted back at once.
+        assert_eq!(grant_step(4 << 20, 8 << 20), 1);
+        for (window, max_frame) in [(4096, 4096), (100_000, 65_536), (3 << 20, 2 << 20)] {
+            let step = grant_step(window, max_frame);
+            // A client holding back `step - 1` ungranted bytes still has room for a frame.
+            assert!(
+                window - (step - 1) >= (max_frame - 5).min(window),
+                "{window} {max_frame}"
+            );
+        }
+    }
 }

@@ -3,11 +3,10 @@
 use crate::core::audit::{Actor, now_ms};
 use crate::core::auth::Action;
 use crate::core::checksum::is_md5_hex;
-use crate::core::digests::FileKey;
 use crate::core::error::{Code, Error, Result};
-use crate::core::files::{Files, TEMP_MARKER, blocking};
+use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
-use crate::core::registry::{TransferState, random_id};
+use crate::core::registry::TransferState;
 use crate::core::transfer::{QUEUE, TransferCtx};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
+mod place;
 mod write;
+pub(crate) use place::{commit_file, create_temp};
 use write::write_and_verify;
 
 /// How the request side ends an upload, read by the disk thread once its queue is closed.
@@ -92,48 +93,6 @@ impl Files {
             pending_len: 0,
         })
     }
-}
-
-/// Opens a fresh temp file next to the target `rel` (blocking): the target must not be a
-/// directory, its parent is created if missing, and everything stays inside the root. Returns
-/// the temp file's path and the file, opened for writing.
-pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
-    let Some((parent, name)) = rel.split() else {
-        return Err(Error::bad_request("cannot put to the root directory"));
-    };
-    // A temp name must fit in 255 bytes too: a long target name is cut (at a char boundary)
-    // to leave room for the dot, the marker and the 16-digit id.
-    let mut keep = name.len().min(255 - 1 - TEMP_MARKER.len() - 16);
-    while !name.is_char_boundary(keep) {
-        keep -= 1;
-    }
-    let tmp = parent.join(&format!(".{}{TEMP_MARKER}{}", &name[..keep], random_id()));
-    if let Ok(meta) = files.dir.metadata(rel.as_path())
-        && meta.is_dir()
-    {
-        return Err(Error::bad_request(format!("{rel}: is a directory")));
-    }
-    // Resolve the parent first: a parent that is a symlink out of the root must be
-    // refused as an escape, not reported as "already exists" by create_dir_all.
-    match files.dir.metadata(parent.as_path()) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(Error::bad_request(format!("{parent}: not a directory"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => files
-            .dir
-            .create_dir_all(parent.as_path())
-            .map_err(|e| Error::io(e, parent.as_str()))?,
-        Err(e) => return Err(Error::io(e, parent.as_str())),
-    }
-    let mut opts = cap_std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    let file = files
-        .dir
-        .open_with(tmp.as_path(), &opts)
-        .map_err(|e| Error::io(e, rel.as_str()))?;
-    Ok(NewTemp {
-        files: files.clone(),
-        made: Some((tmp, file.into_std())),
-    })
 }
 
 /// An upload in progress: `write` chunks, then `finish`; dropping it leaves nothing behind.
@@ -363,60 +322,4 @@ fn write_loop(
         let _ = files.dir.remove_file(tmp.as_path());
     }
     (settled, actual)
-}
-
-/// Renames the verified temp file into place durably and stores its digest.
-pub(crate) fn commit_file(
-    files: &Files,
-    file: std::fs::File,
-    rel: &RelPath,
-    tmp: &RelPath,
-    md5: Option<String>,
-) -> Result<PutDone> {
-    let md5 = md5.ok_or_else(|| Error::internal("verified upload without a digest"))?;
-    let created = files.dir.symlink_metadata(rel.as_path()).is_err();
-    files
-        .dir
-        .rename(tmp.as_path(), &files.dir, rel.as_path())
-        .map_err(|e| Error::io(e, rel.as_str()))?;
-    // Make the rename itself durable: fsync the directory that now holds the name.
-    let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
-    let dir = match &parent {
-        Some(p) => files.dir.open_dir(p.as_path()),
-        None => files.dir.try_clone(),
-    };
-    if let Ok(d) = dir {
-        let _ = d.into_std_file().sync_all();
-    }
-    // The key is read from the open file after the rename, which moves its ctime.
-    let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
-    files.digests.store(rel.as_str(), key, &md5);
-    Ok(PutDone {
-        md5,
-        size: key.size,
-        created,
-    })
-}
-
-/// A temp file just made for an upload that no upload holds yet: removed if dropped before
-/// [`NewTemp::keep`], so a creation whose request goes away while it waits leaves nothing behind.
-pub(crate) struct NewTemp {
-    files: Files,
-    made: Option<(RelPath, std::fs::File)>,
-}
-
-impl NewTemp {
-    /// Hands the temp file over to its upload, which removes it from then on.
-    pub(crate) fn keep(mut self) -> (RelPath, std::fs::File) {
-        self.made.take().expect("kept once")
-    }
-}
-
-impl Drop for NewTemp {
-    fn drop(&mut self) {
-        if let Some((tmp, file)) = self.made.take() {
-            drop(file);
-            let _ = self.files.dir.remove_file(tmp.as_path());
-        }
-    }
 }
