@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -14,6 +14,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// Most bytes read after the command's group is gone: more can only come from a process that
 /// left the group (its pipes hold at most 64 KiB each).
 const AFTER_EXIT_MAX: u64 = 1 << 20;
+/// Room made for each read of a pipe: all that a default pipe holds.
+const PIPE_READ: usize = 64 * 1024;
 
 /// The output budget of one command, shared by its stdout and stderr readers.
 pub(crate) struct OutputCap {
@@ -31,38 +33,54 @@ pub(crate) struct OutputCap {
 
 /// Forwards one pipe's output until EOF, cutting it at the cap (and then discarding the rest).
 pub(crate) async fn pump(
-    mut pipe: impl AsyncRead + Unpin,
+    pipe: pipe::Receiver,
     tx: mpsc::Sender<ExecOutput>,
     cap: Arc<OutputCap>,
     wrap: fn(Bytes) -> ExecOutput,
 ) {
+    // One buffer for the whole command: a piece is split off it, and once the pieces sent
+    // before are gone its memory is used again, so that streaming output does not touch fresh
+    // pages on every read. Memory is taken only once the pipe has something to read.
+    let mut buf = BytesMut::new();
     loop {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        let read = pipe.read_buf(&mut buf).await;
+        let read = match pipe.readable().await {
+            Ok(()) => {
+                buf.reserve(PIPE_READ);
+                match pipe.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => r,
+                }
+            }
+            Err(e) => Err(e),
+        };
         cap.progress.fetch_add(1, Ordering::Relaxed);
         if let Ok(n) = read {
             cap.read.fetch_add(n as u64, Ordering::Relaxed);
         }
         match read {
             Ok(0) | Err(_) => return,
-            Ok(_) if cap.truncated.load(Ordering::Relaxed) => continue,
+            Ok(_) if cap.truncated.load(Ordering::Relaxed) => {
+                buf.clear();
+                continue;
+            }
             Ok(n) => {
                 let before = cap.used.fetch_add(n as u64, Ordering::Relaxed);
                 let room = cap.max.saturating_sub(before);
                 if (n as u64) > room {
-                    buf.truncate(room as usize);
+                    let mut piece = buf.split();
+                    piece.truncate(room as usize);
                     if !cap.truncated.swap(true, Ordering::Relaxed) {
                         cap.hit.notify_one();
                     }
-                    if !buf.is_empty() {
-                        let _ = tx.send(wrap(buf.freeze())).await;
+                    if !piece.is_empty() {
+                        let _ = tx.send(wrap(piece.freeze())).await;
                     }
                     // Keep the pipe open (reading and discarding) until the group is killed, so the
                     // command ends by our SIGKILL, not by a SIGPIPE race.
                     continue;
                 }
                 cap.sending.fetch_add(1, Ordering::Relaxed);
-                let sent = tx.send(wrap(buf.freeze())).await;
+                let sent = tx.send(wrap(buf.split().freeze())).await;
                 cap.sending.fetch_sub(1, Ordering::Relaxed);
                 if sent.is_err() {
                     return;

@@ -11,6 +11,8 @@ use tokio_util::codec::FramedWrite;
 
 /// An idle connection keeps buffers no larger than this; bigger ones (left by a transfer) are freed.
 const IDLE_BUFFER: usize = 16 * 1024;
+/// How long a connection with nothing to send keeps a big write buffer.
+const KEEP_BUFFER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Frees a buffer that grew during a transfer once it is empty again.
 pub(super) fn shrink(buf: &mut bytes::BytesMut) {
@@ -32,7 +34,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     // discarded) until every stream has settled, so a peer that sees the close knows that
     // nothing of its session is still running or half-written.
     let mut closing = false;
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = next_frame(&mut rx, w.write_buffer_mut()).await {
         let mut next = Some(first);
         while let Some(f) = next.take().or_else(|| rx.try_recv().ok()) {
             if closing {
@@ -48,8 +50,21 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         if !matches!(timeout(stall, w.flush()).await, Ok(Ok(()))) {
             return;
         }
-        if rx.is_empty() {
-            shrink(w.write_buffer_mut());
+    }
+}
+
+/// The next frame to send. A buffer that a transfer made big is kept while frames keep coming
+/// (a stream's queue empties between its pieces, and fresh memory for each would be paged in
+/// again), and freed once the connection has had nothing to send for [`KEEP_BUFFER`].
+async fn next_frame(rx: &mut mpsc::Receiver<Frame>, buf: &mut bytes::BytesMut) -> Option<Frame> {
+    if buf.capacity() <= IDLE_BUFFER {
+        return rx.recv().await;
+    }
+    match timeout(KEEP_BUFFER, rx.recv()).await {
+        Ok(f) => f,
+        Err(_) => {
+            shrink(buf);
+            rx.recv().await
         }
     }
 }
