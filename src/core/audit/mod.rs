@@ -303,8 +303,12 @@ impl Audit {
         &self.pool
     }
 
-    /// Closes the store once the writer has drained (call after the writer ends).
+    /// Writes what is queued, then closes the store; rows sent later are dropped.
     pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Close(tx)).await;
+        self.urgent.notify_one();
+        let _ = rx.await;
         self.pool.close().await;
     }
 }

@@ -2,7 +2,7 @@
 //! batches, one transaction each, off the request path.
 
 use crate::core::audit::{Actor, CommandEnd, DigestRow, TransferRow, now_ms};
-use sqlx::SqlitePool;
+use sqlx::{Acquire, QueryBuilder, Sqlite, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -29,34 +29,60 @@ pub(super) enum Event {
     Digest(DigestRow),
     ForgetDigest(String),
     Flush(oneshot::Sender<()>),
+    /// As a flush, then the writer gives its connection back and ends (the server is stopping).
+    Close(oneshot::Sender<()>),
 }
 
-/// Writes batches until every sender is gone; `urgent` cuts the wait between batches short
-/// (someone awaits a row).
+/// Writes batches until every sender is gone, on a connection of its own (whose page cache
+/// stays warm). Rows nobody waits for wait up to [`LINGER`] for company, cut short by `urgent`
+/// (someone awaits a row): under load one wake-up and one transaction then carry many rows,
+/// and a session's start row goes in with its first command's rather than ahead of it.
 pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urgent: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut conn = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let flushing = batch
-            .iter()
-            .any(|e| matches!(e, Event::Flush(_) | Event::CommandStart { .. }));
-        if let Err(e) = write_batch(&pool, &mut batch).await {
-            tracing::error!(error = %e, "audit batch failed");
-        }
-        batch.clear();
-        if !flushing {
-            // Let rows gather: under load one wake-up and one transaction then carry many
-            // rows instead of each request waking this task and SQLite's thread.
+        let awaited = |e: &Event| {
+            matches!(
+                e,
+                Event::Flush(_) | Event::Close(_) | Event::CommandStart { .. }
+            )
+        };
+        if !batch.iter().any(awaited) {
             tokio::select! {
                 _ = tokio::time::sleep(LINGER) => {}
                 _ = urgent.notified() => {}
             }
+            while batch.len() < BATCH {
+                let Ok(ev) = rx.try_recv() else { break };
+                batch.push(ev);
+            }
+        }
+        let c = match conn {
+            Some(ref mut c) => c,
+            None => match pool.acquire().await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    // Those who wait for these rows are told they were not written.
+                    tracing::error!(error = %e, "audit store unavailable; batch dropped");
+                    batch.clear();
+                    continue;
+                }
+            },
+        };
+        let closing = batch.iter().any(|e| matches!(e, Event::Close(_)));
+        if let Err(e) = write_batch(c, &mut batch).await {
+            tracing::error!(error = %e, "audit batch failed");
+        }
+        batch.clear();
+        if closing {
+            return;
         }
     }
 }
 
 /// Most events written in one transaction.
 const BATCH: usize = 512;
-/// How long the writer waits after a batch before taking the next (a flush skips it).
+/// How long rows nobody waits for may wait for more before they are written.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Most rows of one multi-row INSERT into `transfers`.
@@ -73,63 +99,71 @@ async fn insert_transfers(
         let n = 1 << rest.len().min(TRANSFER_ROWS).ilog2();
         let (chunk, after) = rest.split_at(n);
         rest = after;
-        let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes,
-             md5, expected_md5, result, started_at, ended_at) ",
-        );
-        // Shared strings are bound as clones of their `Arc`: sqlx allocates a copy of a borrowed
-        // string on every bind, while an owned `Arc<str>` is handed over with a refcount bump.
-        q.push_values(chunk, |mut b, t| {
-            b.push_bind(t.id.clone())
-                .push_bind(t.actor.session_id.clone())
-                .push_bind(t.actor.transport)
-                .push_bind(t.actor.peer.clone())
-                .push_bind(t.path.clone())
-                .push_bind(t.direction)
-                .push_bind(t.size as i64)
-                .push_bind(t.bytes as i64)
-                .push_bind(t.md5.clone())
-                .push_bind(t.expected_md5.clone())
-                .push_bind(t.result)
-                .push_bind(t.started_at)
-                .push_bind(t.ended_at);
-        });
+        let mut q = QueryBuilder::new("");
+        push_transfers(&mut q, chunk);
         q.build().execute(&mut *tx).await?;
     }
     rows.clear();
     Ok(())
 }
 
-/// Writes a batch in one transaction (a single row: one statement, committed by itself), then
-/// acknowledges those who wait for it. If the transaction fails, each event is written alone,
-/// so that one bad row costs only itself: a command whose start row fails is refused, the
-/// others run.
-async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<()> {
-    let single = batch.len() == 1;
-    let whole = if single {
-        let mut conn = pool.acquire().await?;
-        write_events(&mut conn, batch).await
+/// Appends one INSERT of `rows` into `transfers`.
+fn push_transfers(q: &mut QueryBuilder<Sqlite>, rows: &[&TransferRow]) {
+    q.push(
+        "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes, \
+         md5, expected_md5, result, started_at, ended_at) ",
+    );
+    // Shared strings are bound as clones of their `Arc`: sqlx allocates a copy of a borrowed
+    // string on every bind, while an owned `Arc<str>` is handed over with a refcount bump.
+    q.push_values(rows, |mut b, t| {
+        b.push_bind(t.id.clone())
+            .push_bind(t.actor.session_id.clone())
+            .push_bind(t.actor.transport)
+            .push_bind(t.actor.peer.clone())
+            .push_bind(t.path.clone())
+            .push_bind(t.direction)
+            .push_bind(t.size as i64)
+            .push_bind(t.bytes as i64)
+            .push_bind(t.md5.clone())
+            .push_bind(t.expected_md5.clone())
+            .push_bind(t.result)
+            .push_bind(t.started_at)
+            .push_bind(t.ended_at);
+    });
+}
+
+/// Writes a batch in one transaction, then acknowledges those who wait for it. If the
+/// transaction fails, each event is written alone, so that one bad row costs only itself: a
+/// command whose start row fails is refused, the others run.
+async fn write_batch(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &mut Vec<Event>,
+) -> sqlx::Result<()> {
+    let whole = if batch.len() <= AT_ONCE {
+        write_at_once(conn, batch).await
     } else {
-        let mut tx = pool.begin().await?;
+        let mut tx = conn.begin().await?;
         match write_events(&mut tx, batch).await {
             Ok(()) => tx.commit().await,
             Err(e) => Err(e),
         }
     };
+    let single = batch.len() == 1;
     let mut failed = None;
     for ev in batch.drain(..) {
         let written = match &whole {
             Ok(()) => true,
-            Err(_) if matches!(ev, Event::Flush(_)) => true,
+            Err(_) if matches!(ev, Event::Flush(_) | Event::Close(_)) => true,
             Err(_) if single => false,
             Err(_) => {
-                let mut conn = pool.acquire().await?;
-                let alone = write_events(&mut conn, std::slice::from_ref(&ev)).await;
+                let alone = write_at_once(conn, std::slice::from_ref(&ev)).await;
                 alone.map_err(|e| failed = Some(e)).is_ok()
             }
         };
         match ev {
-            Event::CommandStart { done, .. } | Event::Flush(done) if written => {
+            Event::CommandStart { done, .. } | Event::Flush(done) | Event::Close(done)
+                if written =>
+            {
                 let _ = done.send(());
             }
             _ => {}
@@ -142,110 +176,150 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Event>) -> sqlx::Result<
     }
 }
 
+/// Most events of a batch sent to SQLite as one string of statements. Each trip to the
+/// connection's thread costs two thread wake-ups, more than SQLite takes to store a row, so a
+/// command's start row (which its command waits for) and whatever came with it go in one trip;
+/// a bigger batch, under load, goes a statement at a time in a transaction.
+const AT_ONCE: usize = 8;
+
+/// Writes a few events in one trip: one statement alone, or several between `BEGIN` and
+/// `COMMIT` (rolled back if one fails).
+async fn write_at_once(conn: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
+    let rows = batch
+        .iter()
+        .filter(|e| !matches!(e, Event::Flush(_) | Event::Close(_)))
+        .count();
+    if rows == 0 {
+        return Ok(());
+    }
+    let many = rows > 1;
+    let mut q = QueryBuilder::new(if many { "BEGIN; " } else { "" });
+    for ev in batch {
+        if push_event(&mut q, ev) {
+            q.push("; ");
+        }
+    }
+    if many {
+        q.push("COMMIT;");
+    }
+    let written = q.build().execute(&mut *conn).await.map(|_| ());
+    if written.is_err() && many {
+        // The failed statement ended the trip with the transaction still open.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    written
+}
+
 async fn write_events(tx: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
     let mut transfers = Vec::new();
     for ev in batch {
         // Rows keep their order: gathered transfers go in before any other event.
-        if !matches!(ev, Event::Transfer(_)) && !transfers.is_empty() {
-            insert_transfers(tx, &mut transfers).await?;
+        if let Event::Transfer(t) = ev {
+            transfers.push(&**t);
+            continue;
         }
-        match ev {
-            Event::SessionStart(a, at) => {
-                sqlx::query(
-                    "INSERT INTO sessions (id, transport, peer, started_at, user, role) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&a.session_id)
-                .bind(a.transport)
-                .bind(&a.peer)
-                .bind(at)
-                .bind(&a.principal.name)
-                .bind(a.principal.role.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            Event::CommandStart {
-                id,
-                actor,
-                command,
-                cwd,
-                at,
-                ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(id)
-                .bind(&actor.session_id)
-                .bind(actor.transport)
-                .bind(&actor.peer)
-                .bind(command)
-                .bind(cwd)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Event::SessionEnd {
-                id,
-                bytes_in,
-                bytes_out,
-                reason,
-            } => {
-                sqlx::query(
-                    "UPDATE sessions SET ended_at = ?, bytes_in = ?, bytes_out = ?, end_reason = ? WHERE id = ?",
-                )
-                .bind(now_ms())
-                .bind(*bytes_in as i64)
-                .bind(*bytes_out as i64)
-                .bind(reason)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Event::CommandEnd(c) => {
-                sqlx::query(
-                    "UPDATE commands SET ended_at = ?, exit_code = ?, signal = ?, duration_ms = ?,
-                     bytes_out = ?, truncated = ?, error = ? WHERE id = ?",
-                )
-                .bind(now_ms())
-                .bind(c.exit_code)
-                .bind(c.signal)
-                .bind(c.duration_ms as i64)
-                .bind(c.bytes_out as i64)
-                .bind(c.truncated)
-                .bind(&c.error)
-                .bind(&c.id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Event::Transfer(t) => transfers.push(&**t),
-            Event::Digest(d) => {
-                sqlx::query(
-                    "INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) VALUES (?, ?, ?, ?, ?, ?)
-                     ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                     ino = excluded.ino, ctime_ns = excluded.ctime_ns, md5 = excluded.md5",
-                )
-                .bind(&d.path)
-                .bind(d.size as i64)
-                .bind(d.mtime_ns)
-                .bind(d.ino as i64)
-                .bind(d.ctime_ns)
-                .bind(&d.md5)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Event::ForgetDigest(path) => {
-                sqlx::query("DELETE FROM digests WHERE path = ?")
-                    .bind(path)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Event::Flush(_) => {}
+        insert_transfers(tx, &mut transfers).await?;
+        let mut q = QueryBuilder::new("");
+        if push_event(&mut q, ev) {
+            q.build().execute(&mut *tx).await?;
         }
     }
     insert_transfers(tx, &mut transfers).await?;
     Ok(())
+}
+
+/// Appends the statement that records `ev` (none for a flush); says whether it did.
+fn push_event(q: &mut QueryBuilder<Sqlite>, ev: &Event) -> bool {
+    match ev {
+        Event::SessionStart(a, at) => {
+            q.push("INSERT INTO sessions (id, transport, peer, started_at, user, role) ");
+            q.push_values([()], |mut b, ()| {
+                b.push_bind(&a.session_id)
+                    .push_bind(a.transport)
+                    .push_bind(&a.peer)
+                    .push_bind(*at)
+                    .push_bind(&a.principal.name)
+                    .push_bind(a.principal.role.as_str());
+            });
+        }
+        Event::CommandStart {
+            id,
+            actor,
+            command,
+            cwd,
+            at,
+            ..
+        } => {
+            q.push(
+                "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at) ",
+            );
+            q.push_values([()], |mut b, ()| {
+                b.push_bind(id)
+                    .push_bind(&actor.session_id)
+                    .push_bind(actor.transport)
+                    .push_bind(&actor.peer)
+                    .push_bind(command)
+                    .push_bind(cwd)
+                    .push_bind(*at);
+            });
+        }
+        Event::SessionEnd {
+            id,
+            bytes_in,
+            bytes_out,
+            reason,
+        } => {
+            q.push("UPDATE sessions SET ended_at = ")
+                .push_bind(now_ms())
+                .push(", bytes_in = ")
+                .push_bind(*bytes_in as i64)
+                .push(", bytes_out = ")
+                .push_bind(*bytes_out as i64)
+                .push(", end_reason = ")
+                .push_bind(reason)
+                .push(" WHERE id = ")
+                .push_bind(id);
+        }
+        Event::CommandEnd(c) => {
+            q.push("UPDATE commands SET ended_at = ")
+                .push_bind(now_ms())
+                .push(", exit_code = ")
+                .push_bind(c.exit_code)
+                .push(", signal = ")
+                .push_bind(c.signal)
+                .push(", duration_ms = ")
+                .push_bind(c.duration_ms as i64)
+                .push(", bytes_out = ")
+                .push_bind(c.bytes_out as i64)
+                .push(", truncated = ")
+                .push_bind(c.truncated)
+                .push(", error = ")
+                .push_bind(&c.error)
+                .push(" WHERE id = ")
+                .push_bind(&c.id);
+        }
+        Event::Transfer(t) => push_transfers(q, std::slice::from_ref(&&**t)),
+        Event::Digest(d) => {
+            q.push("INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) ");
+            q.push_values([()], |mut b, ()| {
+                b.push_bind(&d.path)
+                    .push_bind(d.size as i64)
+                    .push_bind(d.mtime_ns)
+                    .push_bind(d.ino as i64)
+                    .push_bind(d.ctime_ns)
+                    .push_bind(&d.md5);
+            });
+            q.push(
+                " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, \
+                 ino = excluded.ino, ctime_ns = excluded.ctime_ns, md5 = excluded.md5",
+            );
+        }
+        Event::ForgetDigest(path) => {
+            q.push("DELETE FROM digests WHERE path = ").push_bind(path);
+        }
+        Event::Flush(_) | Event::Close(_) => return false,
+    }
+    true
 }
 
 #[cfg(test)]

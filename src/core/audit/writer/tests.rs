@@ -30,12 +30,13 @@ async fn one_bad_row_costs_only_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (audit, _writer) = Audit::open(dir.path()).await.unwrap();
     let pool = audit.pool().clone();
+    let mut conn = pool.acquire().await.unwrap();
     let (good, good_acked) = start("c1", "s1");
     // The same command id twice: the second breaks the primary key.
     let (dup, dup_acked) = start("c1", "s1");
     let (later, later_acked) = start("c2", "s1");
     let mut batch = vec![Event::SessionStart(actor("s1"), now_ms()), good, dup, later];
-    let result = write_batch(&pool, &mut batch).await;
+    let result = write_batch(&mut conn, &mut batch).await;
     assert!(result.is_err(), "the bad row is reported");
     assert!(good_acked.await.is_ok() && later_acked.await.is_ok());
     assert!(
@@ -56,6 +57,63 @@ async fn one_bad_row_costs_only_itself() {
     let (a, a_acked) = start("c3", "s1");
     let (flush, flushed) = oneshot::channel();
     let mut batch = vec![a, Event::Flush(flush)];
-    write_batch(&pool, &mut batch).await.unwrap();
+    write_batch(&mut conn, &mut batch).await.unwrap();
     assert!(a_acked.await.is_ok() && flushed.await.is_ok());
+    // The failed batch left no transaction open: the row is committed, seen by another connection.
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM commands WHERE id = 'c3'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+}
+
+fn transfer(id: &str) -> Event {
+    Event::Transfer(Box::new(TransferRow {
+        id: id.into(),
+        actor: actor("s2"),
+        path: "f".into(),
+        direction: "get",
+        size: 1,
+        bytes: 1,
+        md5: None,
+        expected_md5: None,
+        result: "verified",
+        started_at: now_ms(),
+        ended_at: now_ms(),
+    }))
+}
+
+#[tokio::test]
+async fn a_batch_too_big_for_one_trip_goes_in_a_transaction_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, _writer) = Audit::open(dir.path()).await.unwrap();
+    let pool = audit.pool().clone();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut batch = vec![Event::SessionStart(actor("s2"), now_ms())];
+    batch.extend((0..5).map(|i| transfer(&format!("t{i}"))));
+    let (c, c_acked) = start("c9", "s2");
+    batch.push(c);
+    batch.extend((5..AT_ONCE + 3).map(|i| transfer(&format!("t{i:02}"))));
+    batch.push(Event::CommandEnd(CommandEnd {
+        id: "c9".into(),
+        exit_code: Some(0),
+        signal: None,
+        duration_ms: 1,
+        bytes_out: 0,
+        truncated: false,
+        error: None,
+    }));
+    assert!(batch.len() > AT_ONCE);
+    write_batch(&mut conn, &mut batch).await.unwrap();
+    assert!(c_acked.await.is_ok());
+    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(transfers, AT_ONCE as i64 + 3);
+    let ended: Option<i64> = sqlx::query_scalar("SELECT exit_code FROM commands WHERE id = 'c9'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ended, Some(0), "the end row came after the start row");
 }
