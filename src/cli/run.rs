@@ -81,17 +81,25 @@ pub const EXIT_BROKEN_PIPE: i32 = 128 + 13;
 /// Writes output at once, so it streams as the command produces it; once the local reader is
 /// gone (`ferry exec -- yes | head -1`), answers `Break` so the command is stopped.
 fn print_output(kind: Kind, bytes: &[u8]) -> ControlFlow<()> {
-    let r = if kind == Kind::Stdout {
-        let mut o = std::io::stdout().lock();
-        o.write_all(bytes).and_then(|_| o.flush())
+    // Straight to the descriptor: std's stdout is line-buffered, and would write each piece in
+    // two (up to its last newline, then the rest at the flush).
+    let fd = if kind == Kind::Stdout {
+        rustix::stdio::stdout()
     } else {
-        let mut e = std::io::stderr().lock();
-        e.write_all(bytes).and_then(|_| e.flush())
+        rustix::stdio::stderr()
     };
-    match r {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match rustix::io::write(fd, rest) {
+            Ok(0) => break,
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::PIPE) => return ControlFlow::Break(()),
+            // Output that cannot be written (closed, full disk) is dropped, as std's stdout does.
+            Err(_) => break,
+        }
     }
+    ControlFlow::Continue(())
 }
 
 fn report(err: &ClientError) -> i32 {
