@@ -8,6 +8,7 @@ use crate::tcp::codec::Kind;
 use crate::tcp::messages::ExecEnd;
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
+use std::os::fd::AsFd;
 use tokio::io::AsyncBufReadExt;
 
 /// The exit code of `ferry exec` when ferry itself fails (as ssh does).
@@ -83,10 +84,11 @@ pub const EXIT_BROKEN_PIPE: i32 = 128 + 13;
 fn print_output(kind: Kind, bytes: &[u8]) -> ControlFlow<()> {
     // Straight to the descriptor: std's stdout is line-buffered, and would write each piece in
     // two (up to its last newline, then the rest at the flush).
+    let (out, err) = (std::io::stdout(), std::io::stderr());
     let fd = if kind == Kind::Stdout {
-        rustix::stdio::stdout()
+        out.as_fd()
     } else {
-        rustix::stdio::stderr()
+        err.as_fd()
     };
     let mut rest = bytes;
     while !rest.is_empty() {
