@@ -105,7 +105,6 @@ pub async fn start(
         core2.term.close().await;
         // Idle resumable uploads cannot outlive the process: drop them and their temp files.
         core2.uploads.close().await;
-        core2.audit.flush().await;
         core2.audit.close().await;
         tracing::info!("shutdown complete");
     });

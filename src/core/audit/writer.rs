@@ -2,6 +2,7 @@
 //! batches, one transaction each, off the request path.
 
 use crate::core::audit::{Actor, CommandEnd, DigestRow, TransferRow, now_ms};
+use futures_util::FutureExt;
 use sqlx::{Acquire, QueryBuilder, Sqlite, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -40,23 +41,27 @@ pub(super) enum Event {
 pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urgent: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut conn = None;
+    let awaited = |e: &Event| {
+        matches!(
+            e,
+            Event::Flush(_) | Event::Close(_) | Event::CommandStart { .. }
+        )
+    };
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let awaited = |e: &Event| {
-            matches!(
-                e,
-                Event::Flush(_) | Event::Close(_) | Event::CommandStart { .. }
-            )
-        };
         if !batch.iter().any(awaited) {
-            tokio::select! {
-                _ = tokio::time::sleep(LINGER) => {}
-                _ = urgent.notified() => {}
-            }
-            while batch.len() < BATCH {
-                let Ok(ev) = rx.try_recv() else { break };
-                batch.push(ev);
+            // A permit left by an awaited row taken earlier would cut the wait short: drop it,
+            // then take what came meanwhile (a row awaited from now on brings a new permit).
+            let _ = urgent.notified().now_or_never();
+            take_queued(&mut rx, &mut batch);
+            if !batch.iter().any(awaited) {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = urgent.notified() => {}
+                }
+                take_queued(&mut rx, &mut batch);
             }
         }
+        let closing = batch.iter().any(|e| matches!(e, Event::Close(_)));
         let c = match conn {
             Some(ref mut c) => c,
             None => match pool.acquire().await {
@@ -65,18 +70,31 @@ pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urge
                     // Those who wait for these rows are told they were not written.
                     tracing::error!(error = %e, "audit store unavailable; batch dropped");
                     batch.clear();
+                    if closing {
+                        return;
+                    }
                     continue;
                 }
             },
         };
-        let closing = batch.iter().any(|e| matches!(e, Event::Close(_)));
         if let Err(e) = write_batch(c, &mut batch).await {
             tracing::error!(error = %e, "audit batch failed");
+            // The next batch starts on a fresh connection, whatever state this one was left in.
+            if let Some(c) = conn.take() {
+                drop(c.detach());
+            }
         }
         batch.clear();
         if closing {
             return;
         }
+    }
+}
+
+fn take_queued(rx: &mut mpsc::Receiver<Event>, batch: &mut Vec<Event>) {
+    while batch.len() < BATCH {
+        let Ok(ev) = rx.try_recv() else { break };
+        batch.push(ev);
     }
 }
 
@@ -182,8 +200,8 @@ async fn write_batch(
 /// a bigger batch, under load, goes a statement at a time in a transaction.
 const AT_ONCE: usize = 8;
 
-/// Writes a few events in one trip: one statement alone, or several between `BEGIN` and
-/// `COMMIT` (rolled back if one fails).
+/// Writes a few events in one trip, between `BEGIN` and `COMMIT` (rolled back if one fails).
+/// On a connection left inside a transaction, `BEGIN` fails and nothing is acknowledged.
 async fn write_at_once(conn: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
     let rows = batch
         .iter()
@@ -192,22 +210,21 @@ async fn write_at_once(conn: &mut sqlx::SqliteConnection, batch: &[Event]) -> sq
     if rows == 0 {
         return Ok(());
     }
-    let many = rows > 1;
-    let mut q = QueryBuilder::new(if many { "BEGIN; " } else { "" });
+    let mut q = QueryBuilder::new("BEGIN; ");
     for ev in batch {
         if push_event(&mut q, ev) {
             q.push("; ");
         }
     }
-    if many {
-        q.push("COMMIT;");
-    }
-    let written = q.build().execute(&mut *conn).await.map(|_| ());
-    if written.is_err() && many {
+    q.push("COMMIT;");
+    // One or two rows make at most 56 statement strings, which stay prepared in sqlx's cache
+    // (100 per connection); longer mixes are prepared for the trip alone.
+    let written = q.build().persistent(rows <= 2).execute(&mut *conn).await;
+    if written.is_err() {
         // The failed statement ended the trip with the transaction still open.
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
-    written
+    written.map(|_| ())
 }
 
 async fn write_events(tx: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {

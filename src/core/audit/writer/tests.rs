@@ -117,3 +117,25 @@ async fn a_batch_too_big_for_one_trip_goes_in_a_transaction_in_order() {
         .unwrap();
     assert_eq!(ended, Some(0), "the end row came after the start row");
 }
+
+#[tokio::test]
+async fn close_writes_what_is_queued_then_the_writer_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, writer) = Audit::open(dir.path()).await.unwrap();
+    let a = actor("s3");
+    // Nobody waits for this row: it lingers in the writer until the close takes it.
+    audit.session_started(&a).await;
+    audit.close().await;
+    writer.await.unwrap();
+    let refused = audit.command_started("c1", &a, "true", "").await;
+    assert!(
+        refused.is_err(),
+        "no command runs unrecorded after the close"
+    );
+    let (reopened, _writer) = Audit::open(dir.path()).await.unwrap();
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE id = 's3'")
+        .fetch_one(reopened.pool())
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1);
+}
