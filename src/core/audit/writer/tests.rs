@@ -25,12 +25,22 @@ fn start(id: &str, session: &str) -> (Event, oneshot::Receiver<()>) {
     (ev, acked)
 }
 
-#[tokio::test]
-async fn one_bad_row_costs_only_itself() {
+/// A fresh store (its writer running beside), its pool, and a connection to write batches on.
+async fn store() -> (
+    tempfile::TempDir,
+    sqlx::SqlitePool,
+    sqlx::pool::PoolConnection<sqlx::Sqlite>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (audit, _writer) = Audit::open(dir.path()).await.unwrap();
     let pool = audit.pool().clone();
-    let mut conn = pool.acquire().await.unwrap();
+    let conn = pool.acquire().await.unwrap();
+    (dir, pool, conn)
+}
+
+#[tokio::test]
+async fn one_bad_row_costs_only_itself() {
+    let (_dir, pool, mut conn) = store().await;
     let (good, good_acked) = start("c1", "s1");
     // The same command id twice: the second breaks the primary key.
     let (dup, dup_acked) = start("c1", "s1");
@@ -85,10 +95,7 @@ fn transfer(id: &str) -> Event {
 
 #[tokio::test]
 async fn a_batch_too_big_for_one_trip_goes_in_a_transaction_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (audit, _writer) = Audit::open(dir.path()).await.unwrap();
-    let pool = audit.pool().clone();
-    let mut conn = pool.acquire().await.unwrap();
+    let (_dir, pool, mut conn) = store().await;
     let mut batch = vec![Event::SessionStart(actor("s2"), now_ms())];
     batch.extend((0..5).map(|i| transfer(&format!("t{i}"))));
     let (c, c_acked) = start("c9", "s2");
