@@ -3,10 +3,11 @@
 use super::codec::{Frame, FrameCodec, HEADER_LEN, Kind};
 use crate::core::registry::SessionCounters;
 use futures_util::SinkExt;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, Sleep, timeout};
 use tokio_util::codec::FramedWrite;
 
 /// An idle connection keeps buffers no larger than this; bigger ones (left by a transfer) are freed.
@@ -34,8 +35,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     // discarded) until every stream has settled, so a peer that sees the close knows that
     // nothing of its session is still running or half-written.
     let mut closing = false;
-    let mut big = false;
-    while let Some(first) = next_frame(&mut rx, w.write_buffer_mut(), &mut big, KEEP_BUFFER).await {
+    let mut keep = Keep::default();
+    while let Some(first) = next_frame(&mut rx, w.write_buffer_mut(), &mut keep).await {
         let mut next = Some(first);
         while let Some(f) = next.take().or_else(|| rx.try_recv().ok()) {
             if closing {
@@ -47,38 +48,64 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             if !matches!(timeout(stall, w.feed(f)).await, Ok(Ok(()))) {
                 return;
             }
-            big |= w.write_buffer().len() > IDLE_BUFFER;
+            if keep.idle.is_none() && w.write_buffer().len() > IDLE_BUFFER {
+                keep.idle = Some(Box::pin(tokio::time::sleep(KEEP_BUFFER)));
+            }
         }
         if !matches!(timeout(stall, w.flush()).await, Ok(Ok(()))) {
             return;
         }
+        if keep.idle.is_some() {
+            keep.last = Instant::now();
+        }
     }
 }
 
-/// The next frame to send. A buffer that a transfer made `big` is kept while frames keep coming
-/// (a stream's queue empties between its pieces, and fresh memory for each would be paged in
-/// again), and freed once the connection has had nothing to send for `keep`.
+/// When a write buffer that a transfer made big is freed: once the connection has had nothing
+/// to send for [`KEEP_BUFFER`]. A stream's queue empties between its pieces, and fresh memory
+/// for each would be paged in again.
+struct Keep {
+    /// Set while the buffer is big; moved on at most once per [`KEEP_BUFFER`], not per frame.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// When the last frames went out.
+    last: Instant,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Keep {
+            idle: None,
+            last: Instant::now(),
+        }
+    }
+}
+
+/// The next frame to send; frees a big buffer (flushed, so empty) once `keep` says it is idle.
 async fn next_frame(
     rx: &mut mpsc::Receiver<Frame>,
     buf: &mut bytes::BytesMut,
-    big: &mut bool,
-    keep: std::time::Duration,
+    keep: &mut Keep,
 ) -> Option<Frame> {
     if let Ok(f) = rx.try_recv() {
         return Some(f);
     }
-    if !*big {
-        return rx.recv().await;
-    }
-    match timeout(keep, rx.recv()).await {
-        Ok(f) => f,
-        Err(_) => {
-            // Flushed, so empty; its capacity no longer tells how much memory it holds.
-            *buf = bytes::BytesMut::new();
-            *big = false;
-            rx.recv().await
+    if let Some(idle) = keep.idle.as_mut() {
+        loop {
+            tokio::select! {
+                f = rx.recv() => return f,
+                _ = idle.as_mut() => {
+                    let quiet = keep.last + KEEP_BUFFER;
+                    if Instant::now() >= quiet {
+                        break;
+                    }
+                    idle.as_mut().reset(quiet);
+                }
+            }
         }
+        *buf = bytes::BytesMut::new();
+        keep.idle = None;
     }
+    rx.recv().await
 }
 
 #[cfg(test)]
@@ -89,19 +116,32 @@ mod tests {
     async fn a_big_buffer_is_kept_while_frames_come_and_freed_once_idle() {
         let (tx, mut rx) = mpsc::channel(4);
         let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-        let mut big = true;
-        tx.send(Frame::new(Kind::Data, 1, &b"a"[..])).await.unwrap();
-        let f = next_frame(&mut rx, &mut buf, &mut big, KEEP_BUFFER).await;
-        assert_eq!(&f.unwrap().payload[..], b"a");
-        assert!(big && buf.capacity() >= 1 << 20, "kept while frames come");
-        // Nothing for longer than KEEP_BUFFER: freed, and the frame that comes later arrives.
-        let later = tokio::spawn(async move {
+        let mut keep = Keep {
+            idle: Some(Box::pin(tokio::time::sleep(KEEP_BUFFER))),
+            last: Instant::now(),
+        };
+        // Frames a little apart, over three times KEEP_BUFFER in all: the buffer stays.
+        let sender = tokio::spawn(async move {
+            for b in [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g"] {
+                tokio::time::sleep(KEEP_BUFFER / 2).await;
+                tx.send(Frame::new(Kind::Data, 1, b)).await.unwrap();
+            }
+            // Then nothing for longer than KEEP_BUFFER before the last frame.
             tokio::time::sleep(KEEP_BUFFER * 3).await;
-            tx.send(Frame::new(Kind::Data, 1, &b"b"[..])).await.unwrap();
+            tx.send(Frame::new(Kind::Data, 1, &b"z"[..])).await.unwrap();
         });
-        let f = next_frame(&mut rx, &mut buf, &mut big, KEEP_BUFFER).await;
-        assert_eq!(&f.unwrap().payload[..], b"b");
-        assert!(!big && buf.capacity() == 0, "freed after being idle");
-        later.await.unwrap();
+        for want in [b"a", b"b", b"c", b"d", b"e", b"f", b"g"] {
+            let f = next_frame(&mut rx, &mut buf, &mut keep).await.unwrap();
+            assert_eq!(&f.payload[..], want);
+            keep.last = Instant::now();
+            assert!(buf.capacity() >= 1 << 20, "kept while frames come");
+        }
+        let f = next_frame(&mut rx, &mut buf, &mut keep).await.unwrap();
+        assert_eq!(&f.payload[..], b"z", "the frame after the pause arrives");
+        assert!(
+            keep.idle.is_none() && buf.capacity() == 0,
+            "freed once idle"
+        );
+        sender.await.unwrap();
     }
 }
