@@ -55,9 +55,6 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         if !matches!(timeout(stall, w.flush()).await, Ok(Ok(()))) {
             return;
         }
-        if keep.idle.is_some() {
-            keep.last = Instant::now();
-        }
     }
 }
 
@@ -67,7 +64,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 struct Keep {
     /// Set while the buffer is big; moved on at most once per [`KEEP_BUFFER`], not per frame.
     idle: Option<Pin<Box<Sleep>>>,
-    /// When the last frames went out.
+    /// When the last frames were taken to be sent.
     last: Instant,
 }
 
@@ -86,9 +83,19 @@ async fn next_frame(
     buf: &mut bytes::BytesMut,
     keep: &mut Keep,
 ) -> Option<Frame> {
-    if let Ok(f) = rx.try_recv() {
-        return Some(f);
-    }
+    let f = match rx.try_recv() {
+        Ok(f) => Some(f),
+        Err(_) => wait_frame(rx, buf, keep).await,
+    };
+    keep.last = Instant::now();
+    f
+}
+
+async fn wait_frame(
+    rx: &mut mpsc::Receiver<Frame>,
+    buf: &mut bytes::BytesMut,
+    keep: &mut Keep,
+) -> Option<Frame> {
     if let Some(idle) = keep.idle.as_mut() {
         loop {
             tokio::select! {
@@ -133,7 +140,6 @@ mod tests {
         for want in [b"a", b"b", b"c", b"d", b"e", b"f", b"g"] {
             let f = next_frame(&mut rx, &mut buf, &mut keep).await.unwrap();
             assert_eq!(&f.payload[..], want);
-            keep.last = Instant::now();
             assert!(buf.capacity() >= 1 << 20, "kept while frames come");
         }
         let f = next_frame(&mut rx, &mut buf, &mut keep).await.unwrap();

@@ -203,18 +203,16 @@ const AT_ONCE: usize = 8;
 /// Writes a few events in one trip, between `BEGIN` and `COMMIT` (rolled back if one fails).
 /// On a connection left inside a transaction, `BEGIN` fails and nothing is acknowledged.
 async fn write_at_once(conn: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
-    let rows = batch
-        .iter()
-        .filter(|e| !matches!(e, Event::Flush(_) | Event::Close(_)))
-        .count();
-    if rows == 0 {
-        return Ok(());
-    }
     let mut q = QueryBuilder::new("BEGIN; ");
+    let mut rows = 0;
     for ev in batch {
         if push_event(&mut q, ev) {
             q.push("; ");
+            rows += 1;
         }
+    }
+    if rows == 0 {
+        return Ok(());
     }
     q.push("COMMIT;");
     // One or two rows make at most 56 statement strings, which stay prepared in sqlx's cache
@@ -245,7 +243,7 @@ async fn write_events(tx: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx:
     Ok(())
 }
 
-/// Appends the statement that records `ev` (none for a flush); says whether it did.
+/// Appends the statement that records `ev` (none for a flush or a close); says whether it did.
 fn push_event(q: &mut QueryBuilder<Sqlite>, ev: &Event) -> bool {
     match ev {
         Event::SessionStart(a, at) => {
