@@ -10,7 +10,7 @@ pub use tls::ClientTls;
 
 use crate::core::error::{Code, Error};
 use crate::listen::{ReadHalf, WriteHalf};
-use crate::tcp::codec::{Frame, FrameCodec, HEADER_LEN, Kind};
+use crate::tcp::codec::{self, Frame, FrameCodec, HEADER_LEN, Kind};
 use crate::tcp::messages::{ErrorBody, Hello, PROTOCOL_VERSION, Request, Welcome};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -312,11 +312,11 @@ impl Drop for StreamHandle {
 
 async fn write_loop(mut w: FramedWrite<WriteHalf, FrameCodec>, mut rx: mpsc::Receiver<Frame>) {
     while let Some(f) = rx.recv().await {
-        if w.feed(f).await.is_err() {
+        if codec::feed(&mut w, f).await.is_err() {
             return;
         }
         while let Ok(f) = rx.try_recv() {
-            if w.feed(f).await.is_err() {
+            if codec::feed(&mut w, f).await.is_err() {
                 return;
             }
         }

@@ -1,11 +1,17 @@
 //! Frames of the TCP protocol: `len:u32be | kind:u8 | stream:u32be | payload`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
 use std::io;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder, FramedWrite, LengthDelimitedCodec};
 
 /// Bytes of kind and stream id that follow the length prefix.
 pub const HEADER_LEN: usize = 5;
+
+/// Payloads at least this big are written from their own memory rather than copied into the
+/// write buffer (see [`feed`]).
+const DIRECT: usize = 16 * 1024;
 
 /// The default and largest sensible frame size (length field value).
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
@@ -155,6 +161,43 @@ impl FrameCodec {
     pub fn max_payload(&self) -> usize {
         self.max.saturating_sub(HEADER_LEN)
     }
+
+    /// The length field of a frame with `payload` bytes, if it is within the maximum.
+    fn length(&self, payload: usize) -> Result<usize, CodecError> {
+        let len = HEADER_LEN + payload;
+        if len > self.max {
+            return Err(CodecError::TooLarge(self.max));
+        }
+        Ok(len)
+    }
+}
+
+/// Appends the length field `len`, then the kind and stream of `frame`: all but its payload.
+/// Written directly (same layout as LengthDelimitedCodec) so that the payload is copied at most
+/// once.
+fn put_header(frame: &Frame, len: usize, dst: &mut BytesMut) {
+    dst.put_u32(len as u32);
+    dst.put_u8(frame.kind as u8);
+    dst.put_u32(frame.stream);
+}
+
+/// Queues `frame` on `w` like `SinkExt::feed`, except that a big payload is not copied: it is
+/// written at once from its own memory, after the bytes queued before it (one `writev` where
+/// the socket takes them). Copying it would cost about as much as sending it.
+pub async fn feed<W: AsyncWrite + Unpin>(
+    w: &mut FramedWrite<W, FrameCodec>,
+    frame: Frame,
+) -> Result<(), CodecError> {
+    if frame.payload.len() < DIRECT {
+        return w.feed(frame).await;
+    }
+    let len = w.encoder().length(frame.payload.len())?;
+    let buf = w.write_buffer_mut();
+    put_header(&frame, len, buf);
+    // The buffer keeps its memory, to be used again once these bytes are gone.
+    let mut out = buf.split().chain(frame.payload);
+    w.get_mut().write_all_buf(&mut out).await?;
+    Ok(())
 }
 
 impl Decoder for FrameCodec {
@@ -193,15 +236,9 @@ impl Encoder<Frame> for FrameCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        // Written directly (same layout as LengthDelimitedCodec) to copy the payload once, not twice.
-        let len = HEADER_LEN + frame.payload.len();
-        if len > self.max {
-            return Err(CodecError::TooLarge(self.max));
-        }
+        let len = self.length(frame.payload.len())?;
         dst.reserve(4 + len);
-        dst.put_u32(len as u32);
-        dst.put_u8(frame.kind as u8);
-        dst.put_u32(frame.stream);
+        put_header(&frame, len, dst);
         dst.extend_from_slice(&frame.payload);
         Ok(())
     }
@@ -235,6 +272,44 @@ mod tests {
         );
         let mut short = BytesMut::from(&[0u8, 0, 0, 2, 1, 0][..]);
         assert!(matches!(c.decode(&mut short), Err(CodecError::Short(2))));
+    }
+
+    #[tokio::test]
+    async fn big_payloads_written_from_their_own_memory_keep_their_place() {
+        use futures_util::StreamExt;
+        use tokio_util::codec::FramedRead;
+        let max = 1 << 20;
+        // A pipe smaller than one big payload, so that its writes are partial.
+        let (a, b) = tokio::io::duplex(DIRECT);
+        let mut w = FramedWrite::new(a, FrameCodec::new(max));
+        let big = |n: usize, seed: u8| -> Bytes { (0..n).map(|i| (i as u8) ^ seed).collect() };
+        let sent = vec![
+            Frame::new(Kind::Header, 1, &b"{}"[..]),
+            Frame::new(Kind::Data, 1, big(DIRECT, 1)),
+            Frame::new(Kind::Window, 2, &b"abcd"[..]),
+            Frame::new(Kind::Stdout, 3, big(200_000, 2)),
+            Frame::new(Kind::Data, 1, big(DIRECT - 1, 3)),
+            Frame::new(Kind::Data, 1, big(max - HEADER_LEN, 4)),
+            Frame::new(Kind::End, 1, &b"{}"[..]),
+        ];
+        let queued = Frame::new(Kind::Header, 5, &b"queued"[..]);
+        let n = sent.len() + 1;
+        let reader = tokio::spawn(async move {
+            let r = FramedRead::new(b, FrameCodec::new(max));
+            r.take(n).map(|f| f.unwrap()).collect::<Vec<Frame>>().await
+        });
+        for f in sent.clone() {
+            feed(&mut w, f).await.unwrap();
+        }
+        // Too big for a frame: refused, and what was queued before it still goes out.
+        feed(&mut w, queued.clone()).await.unwrap();
+        let over = feed(&mut w, Frame::new(Kind::Data, 5, big(max, 5))).await;
+        assert!(matches!(over, Err(CodecError::TooLarge(m)) if m == max));
+        w.flush().await.unwrap();
+        let got = reader.await.unwrap();
+        let mut want = sent;
+        want.push(queued);
+        assert!(got == want, "every frame arrives whole and in order");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The writing side of a TCP connection: queued frames out to the socket, with a stall limit.
 
-use super::codec::{Frame, FrameCodec, HEADER_LEN, Kind};
+use super::codec::{self, Frame, FrameCodec, HEADER_LEN, Kind};
 use crate::core::registry::SessionCounters;
 use futures_util::SinkExt;
 use std::pin::Pin;
@@ -45,7 +45,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             closing = f.stream == 0 && f.kind == Kind::Error;
             let n = (4 + HEADER_LEN + f.payload.len()) as u64;
             counters.add_out(n);
-            if !matches!(timeout(stall, w.feed(f)).await, Ok(Ok(()))) {
+            if !matches!(timeout(stall, codec::feed(&mut w, f)).await, Ok(Ok(()))) {
                 return;
             }
             if keep.idle.is_none() && w.write_buffer().len() > IDLE_BUFFER {

@@ -5,13 +5,14 @@ use crate::core::digests::FileKey;
 use crate::core::error::{Error, Result};
 use crate::core::files::Files;
 use crate::core::registry::{CheckInfo, TransferHandle, TransferState};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 mod open;
+mod pool;
 
 /// Chunks buffered between the disk thread and the transport, per transfer.
 pub(crate) const QUEUE: usize = 4;
@@ -346,13 +347,14 @@ fn read_loop(
         let _ = tx.blocking_send(Chunk::Failed(Error::internal(e)));
         return;
     }
+    let pool = pool::Pool::new(chunk.min(want as usize));
     let mut sent = 0u64;
     while sent < want {
         let n = chunk.min((want - sent) as usize);
-        let mut buf = BytesMut::zeroed(n);
+        let mut buf = pool.take();
         let mut filled = 0;
         while filled < n {
-            match file.read(&mut buf[filled..]) {
+            match file.read(&mut buf[filled..n]) {
                 Ok(0) => break,
                 Ok(k) => filled += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -365,9 +367,11 @@ fn read_loop(
         if filled == 0 {
             break; // the file shrank
         }
-        buf.truncate(filled);
         sent += filled as u64;
-        if tx.blocking_send(Chunk::Data(buf.freeze())).is_err() {
+        if tx
+            .blocking_send(Chunk::Data(pool.lend(buf, filled)))
+            .is_err()
+        {
             return; // the transport went away
         }
     }
