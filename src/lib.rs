@@ -20,6 +20,7 @@ pub mod core;
 pub mod http;
 pub mod legacy;
 pub mod listen;
+pub mod memory;
 pub mod server;
 pub mod tcp;
 pub mod tls;

@@ -45,59 +45,16 @@ const QUIET_FOR: Duration = Duration::from_secs(1);
 
 /// Once no connection has been open for [`QUIET_FOR`], returns the memory the allocator kept
 /// from the last burst of work to the system (a busy minute can leave megabytes of freed heap
-/// in every thread's arena); runs until the runtime ends. Until then freed memory is kept for
-/// the next transfer (see `keep_while_busy`).
+/// in every thread's arena); runs until the runtime ends.
 pub async fn give_back_memory() {
-    keep_while_busy();
     loop {
         QUIET.notified().await;
         tokio::time::sleep(QUIET_FOR).await;
         if OPEN.load(Ordering::Acquire) == 0 {
-            trim();
+            crate::memory::trim();
         }
     }
 }
-
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn trim() {
-    // SAFETY: malloc_trim only releases free memory of glibc's arenas; it takes their locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn trim() {}
-
-/// Below this size, buffers come from the allocator's arenas rather than each from its own
-/// `mmap` (frames are at most 1 MiB by default, 8 MiB at most).
-#[cfg(target_env = "gnu")]
-const MMAP_FROM: usize = 4 << 20;
-/// Freed memory at the top of an arena is kept up to this much. `malloc_trim` does not return
-/// the top of a thread's arena, so this much may stay after the server goes quiet: 16 MiB
-/// measured 2 MB more after the 1 KiB load; 1 MiB measured no more than the default.
-#[cfg(target_env = "gnu")]
-const TRIM_FROM: usize = 1 << 20;
-
-/// Keeps freed memory in glibc's arenas while transfers run. By default an arena gives back
-/// its free top once it exceeds 128 KiB, so an upload, whose chunks are freed on the MD5
-/// thread, gave pages back and faulted them in again every few chunks: measured, a quarter
-/// of the server's system time per uploaded GiB. [`give_back_memory`] still returns the
-/// rest once the server is quiet.
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn keep_while_busy() {
-    // SAFETY: mallopt only sets glibc's thresholds, under its own lock; it touches no memory
-    // of ours.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM as libc::c_int);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_FROM as libc::c_int);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn keep_while_busy() {}
 
 /// Accepts connections until `shutdown`, at most `max` at once (further ones wait in the
 /// kernel's backlog); hands each, with `TCP_NODELAY` set, to `serve` with the [`Slot`] that

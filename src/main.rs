@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    ferry::memory::keep_while_busy();
     // A client drives one connection: one thread does it (with the blocking pool beside it for
     // disk and MD5), and starts faster than a pool of workers.
     let rt = match cli.command {
