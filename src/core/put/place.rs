@@ -49,6 +49,22 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     })
 }
 
+/// Flushes the directory that holds `rel` to disk, so that a rename in it survives a crash.
+fn sync_parent(root: &cap_std::fs::Dir, rel: &RelPath) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
+    let dir = match &parent {
+        Some(p) => root.open_dir(p.as_path())?,
+        None => root.try_clone()?,
+    };
+    // cap-std opens directories with O_PATH, on which fsync fails (EBADF): open "." beneath
+    // it again, for reading.
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let readable = rustix::fs::openat(&dir, ".", flags, Mode::empty())?;
+    rustix::fs::fsync(&readable)?;
+    Ok(())
+}
+
 /// Renames the verified temp file into place durably and stores its digest.
 pub(crate) fn commit_file(
     files: &Files,
@@ -64,13 +80,8 @@ pub(crate) fn commit_file(
         .rename(tmp.as_path(), &files.dir, rel.as_path())
         .map_err(|e| Error::io(e, rel.as_str()))?;
     // Make the rename itself durable: fsync the directory that now holds the name.
-    let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
-    let dir = match &parent {
-        Some(p) => files.dir.open_dir(p.as_path()),
-        None => files.dir.try_clone(),
-    };
-    if let Ok(d) = dir {
-        let _ = d.into_std_file().sync_all();
+    if let Err(e) = sync_parent(&files.dir, rel) {
+        tracing::warn!(path = %rel, error = %e, "could not flush the directory after a rename");
     }
     // The key is read from the open file after the rename, which moves its ctime.
     let key = FileKey::of(&file.metadata().map_err(Error::internal)?);
@@ -102,5 +113,25 @@ impl Drop for NewTemp {
             drop(file);
             let _ = self.files.dir.remove_file(tmp.as_path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+
+    #[test]
+    fn a_rename_is_flushed_in_the_root_and_in_a_subdirectory() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        // Opened as the served root is: cap-std gives an O_PATH handle, which fsync refuses.
+        let root = cap_std::fs::Dir::open_ambient_dir(tmp.path(), ambient_authority()).unwrap();
+        for path in ["top.bin", "sub/inner.bin"] {
+            let rel = RelPath::parse(path).unwrap();
+            sync_parent(&root, &rel).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        let missing = RelPath::parse("gone/x.bin").unwrap();
+        assert!(sync_parent(&root, &missing).is_err());
     }
 }

@@ -347,7 +347,7 @@ fn read_loop(
         let _ = tx.blocking_send(Chunk::Failed(Error::internal(e)));
         return;
     }
-    let pool = pool::Pool::new(chunk.min(want as usize));
+    let pool = pool::Pool::new(chunk.min(usize::try_from(want).unwrap_or(usize::MAX)));
     let mut sent = 0u64;
     while sent < want {
         let n = chunk.min((want - sent) as usize);
