@@ -31,10 +31,15 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     match files.dir.metadata(parent.as_path()) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(Error::bad_request(format!("{parent}: not a directory"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => files
-            .dir
-            .create_dir_all(parent.as_path())
-            .map_err(|e| Error::io(e, parent.as_str()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            files
+                .dir
+                .create_dir_all(parent.as_path())
+                .map_err(|e| Error::io(e, parent.as_str()))?;
+            if let Err(e) = sync_created(&files.dir, &parent) {
+                tracing::warn!(path = %parent, error = %e, "could not flush new directories");
+            }
+        }
         Err(e) => return Err(Error::io(e, parent.as_str())),
     }
     let mut opts = cap_std::fs::OpenOptions::new();
@@ -49,20 +54,34 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     })
 }
 
-/// Flushes the directory that holds `rel` to disk, so that a rename in it survives a crash.
+/// Flushes the directory that holds `rel` to disk, so that a new name in it survives a crash.
 fn sync_parent(root: &cap_std::fs::Dir, rel: &RelPath) -> std::io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    let parent = rel.split().map(|(p, _)| p).filter(|p| !p.is_root());
-    let dir = match &parent {
-        Some(p) => root.open_dir(p.as_path())?,
-        None => root.try_clone()?,
-    };
-    // cap-std opens directories with O_PATH, on which fsync fails (EBADF): open "." beneath
-    // it again, for reading.
+    use rustix::fs::{Mode, OFlags, openat};
+    // cap-std opens directories with O_PATH, on which fsync fails (EBADF): "." is opened again
+    // beneath the handle, for reading.
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let readable = rustix::fs::openat(&dir, ".", flags, Mode::empty())?;
-    rustix::fs::fsync(&readable)?;
-    Ok(())
+    let readable = match rel.split().map(|(p, _)| p).filter(|p| !p.is_root()) {
+        Some(p) => openat(&root.open_dir(p.as_path())?, ".", flags, Mode::empty())?,
+        None => openat(root, ".", flags, Mode::empty())?,
+    };
+    match rustix::fs::fsync(&readable) {
+        // A file system that cannot flush a directory: there is nothing more to do.
+        Err(rustix::io::Errno::INVAL) => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// Flushes the entries of directories just made for `dir` (by `create_dir_all`): the
+/// directory holding each of `dir` and its ancestors, up to the root.
+fn sync_created(root: &cap_std::fs::Dir, dir: &RelPath) -> std::io::Result<()> {
+    let mut at = dir.clone();
+    loop {
+        sync_parent(root, &at)?;
+        match at.split() {
+            Some((up, _)) if !up.is_root() => at = up,
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Renames the verified temp file into place durably and stores its digest.
@@ -133,5 +152,13 @@ mod tests {
         }
         let missing = RelPath::parse("gone/x.bin").unwrap();
         assert!(sync_parent(&root, &missing).is_err());
+        // A parent that leads out of the root is refused, not flushed.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("out")).unwrap();
+        let escape = RelPath::parse("out/x.bin").unwrap();
+        assert!(sync_parent(&root, &escape).is_err());
+        // Directories just made: each level's holder is flushed, the deepest first.
+        std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+        sync_created(&root, &RelPath::parse("a/b/c").unwrap()).unwrap();
     }
 }

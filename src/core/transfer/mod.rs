@@ -350,7 +350,7 @@ fn read_loop(
     let pool = pool::Pool::new(chunk.min(usize::try_from(want).unwrap_or(usize::MAX)));
     let mut sent = 0u64;
     while sent < want {
-        let n = chunk.min((want - sent) as usize);
+        let n = usize::try_from(want - sent).map_or(chunk, |left| chunk.min(left));
         let mut buf = pool.take();
         let mut filled = 0;
         while filled < n {
