@@ -8,7 +8,7 @@ use crate::tcp::codec::Kind;
 use crate::tcp::messages::ExecEnd;
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use tokio::io::AsyncBufReadExt;
 
 /// The exit code of `ferry exec` when ferry itself fails (as ssh does).
@@ -90,18 +90,33 @@ fn print_output(kind: Kind, bytes: &[u8]) -> ControlFlow<()> {
     } else {
         err.as_fd()
     };
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match rustix::io::write(fd, rest) {
-            Ok(0) => break,
-            Ok(n) => rest = &rest[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::PIPE) => return ControlFlow::Break(()),
-            // Output that cannot be written (closed, full disk) is dropped, as std's stdout does.
-            Err(_) => break,
+    match write_all(fd, bytes) {
+        Err(rustix::io::Errno::PIPE) => ControlFlow::Break(()),
+        // Output that cannot be written (closed, full disk) is dropped, as std's stdout does.
+        _ => ControlFlow::Continue(()),
+    }
+}
+
+/// Writes all of `bytes` to `fd`. A descriptor left non-blocking by whoever started ferry (a
+/// shared terminal, a pipe from an event loop) is waited on when full, never given up on.
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use rustix::io::Errno;
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                match poll(&mut [PollFd::from_borrowed_fd(fd, PollFlags::OUT)], None) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
-    ControlFlow::Continue(())
+    Ok(())
 }
 
 fn report(err: &ClientError) -> i32 {
@@ -220,4 +235,33 @@ pub(super) async fn shell(conn: Conn) -> anyhow::Result<i32> {
         }
     }
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_all;
+    use rustix::fs::{OFlags, fcntl_setfl};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    /// A non-blocking output that fills up is waited on: every byte arrives, in order.
+    #[test]
+    fn a_full_non_blocking_output_is_waited_on() {
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        fcntl_setfl(&write_end, OFlags::NONBLOCK).unwrap();
+        let capacity = rustix::pipe::fcntl_getpipe_size(&read_end).unwrap();
+        let data: Vec<u8> = (0..16 * capacity).map(|i| (i % 251) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            // Read nothing until the pipe is full, so the writer surely meets EAGAIN first.
+            while rustix::io::ioctl_fionread(&read_end).unwrap() < capacity as u64 {
+                std::thread::yield_now();
+            }
+            let mut got = Vec::new();
+            std::fs::File::from(read_end).read_to_end(&mut got).unwrap();
+            got
+        });
+        write_all(write_end.as_fd(), &data).unwrap();
+        drop(write_end);
+        assert!(reader.join().unwrap() == data, "bytes lost or reordered");
+    }
 }
