@@ -11,6 +11,15 @@ const MMAP_FROM: usize = 4 << 20;
 #[cfg(target_env = "gnu")]
 const TRIM_FROM: usize = 1 << 20;
 
+/// Most arenas: one per core, as the runtime has one worker per core (glibc's default is eight
+/// per core). Each arena keeps its free top (up to [`TRIM_FROM`]) after `malloc_trim`, so every
+/// extra arena is memory the server keeps once quiet. Measured on 2 cores: 2 arenas held RSS
+/// after the 1 KiB load 0.8 MB lower at the same requests/s; 1 arena cost a fifth of them.
+#[cfg(target_env = "gnu")]
+fn arenas() -> libc::c_int {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 64) as libc::c_int)
+}
+
 /// Keeps freed memory in glibc's arenas while transfers run; called once, at start. glibc
 /// starts by giving back an arena's free top once it exceeds 128 KiB, and raises that only
 /// after a block of its own `mmap` is freed (to twice that block), which buffers below the
@@ -28,6 +37,7 @@ pub fn keep_while_busy() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM as libc::c_int);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_FROM as libc::c_int);
+        libc::mallopt(libc::M_ARENA_MAX, arenas());
     }
 }
 
