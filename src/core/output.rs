@@ -73,22 +73,28 @@ pub(crate) async fn pump(
                         cap.hit.notify_one();
                     }
                     if !piece.is_empty() {
-                        let _ = tx.send(wrap(piece.freeze())).await;
+                        send(&tx, &cap, wrap(piece.freeze())).await;
                     }
                     // Keep the pipe open (reading and discarding) until the group is killed, so the
                     // command ends by our SIGKILL, not by a SIGPIPE race.
                     continue;
                 }
-                cap.sending.fetch_add(1, Ordering::Relaxed);
-                let sent = tx.send(wrap(buf.split().freeze())).await;
-                cap.sending.fetch_sub(1, Ordering::Relaxed);
-                if sent.is_err() {
+                if !send(&tx, &cap, wrap(buf.split().freeze())).await {
                     return;
                 }
                 cap.progress.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Hands a piece to the consumer, counted in `sending` while it waits for room (so that a drain
+/// sees a slow client, not a stuck pipe); false once the consumer is gone.
+async fn send(tx: &mpsc::Sender<ExecOutput>, cap: &OutputCap, piece: ExecOutput) -> bool {
+    cap.sending.fetch_add(1, Ordering::Relaxed);
+    let sent = tx.send(piece).await.is_ok();
+    cap.sending.fetch_sub(1, Ordering::Relaxed);
+    sent
 }
 
 /// Waits for a command's pipe readers once its group is dead. Its pipes then close at once,
@@ -119,5 +125,61 @@ pub(crate) async fn drain(readers: [Option<JoinHandle<()>>; 2], cap: &OutputCap)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OutputCap, drain, pump};
+    use crate::core::exec::ExecOutput;
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::net::unix::pipe;
+    use tokio::sync::{Notify, mpsc};
+
+    /// The piece cut at the output cap reaches a client too slow to take it at once: the drain
+    /// after the command's end waits for it (as for any piece waiting for room), it does not
+    /// take the reader for a stuck pipe and drop the piece.
+    #[tokio::test(start_paused = true)]
+    async fn the_piece_cut_at_the_cap_waits_for_a_slow_client() {
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&write_end, &[7u8; 1000]).unwrap();
+        drop(write_end);
+        let cap = Arc::new(OutputCap {
+            max: 600,
+            used: AtomicU64::new(0),
+            truncated: AtomicBool::new(false),
+            hit: Notify::new(),
+            progress: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            sending: AtomicU64::new(0),
+        });
+        // The client has taken nothing yet: the channel is full before the pipe is read.
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.send(ExecOutput::Stdout(Bytes::from_static(b"earlier")))
+            .await
+            .unwrap();
+        let receiver = pipe::Receiver::from_owned_fd(read_end).unwrap();
+        let reader = tokio::spawn(pump(receiver, tx, cap.clone(), ExecOutput::Stdout));
+        // The cap is marked in the same poll that starts sending the cut piece, which then
+        // waits: the test runs on one thread.
+        while !cap.truncated.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        let draining = tokio::spawn({
+            let cap = cap.clone();
+            async move { drain([Some(reader), None], &cap).await }
+        });
+        // Far past the drain's patience for a pipe that gives nothing.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut got = Vec::new();
+        while let Some(ExecOutput::Stdout(b)) = rx.recv().await {
+            got.push(b);
+        }
+        draining.await.unwrap();
+        assert_eq!(got.len(), 2, "the cut piece was dropped");
+        assert_eq!(&got[1][..], &[7u8; 600][..]);
     }
 }
