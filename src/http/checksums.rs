@@ -24,10 +24,15 @@ pub fn checksum_headers(h: &mut HeaderMap, md5_hex: &str) {
         X_CHECKSUM_MD5.clone(),
         HeaderValue::from_str(md5_hex).expect("an MD5 hex is ASCII"),
     );
-    if let Ok(raw) = hex::decode(md5_hex) {
+    let mut raw = [0u8; 16];
+    if hex::decode_to_slice(md5_hex, &mut raw).is_ok() {
+        let mut v = String::with_capacity(30);
+        v.push_str("md5=:");
+        B64.encode_string(raw, &mut v);
+        v.push(':');
         h.insert(
             REPR_DIGEST.clone(),
-            HeaderValue::try_from(format!("md5=:{}:", B64.encode(raw))).expect("base64 is ASCII"),
+            HeaderValue::try_from(v).expect("base64 is ASCII"),
         );
     }
 }

@@ -11,7 +11,8 @@ use crate::http::checksums::{checksum_headers, expected_md5};
 use crate::http::range::{Conditions, Plan, Validators, plan};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -35,10 +36,9 @@ pub struct Listing {
 pub async fn get_root(
     state: State<Core>,
     actor: axum::Extension<Actor>,
-    method: Method,
-    headers: HeaderMap,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    get_file(state, actor, method, headers, Path(String::new())).await
+    get_file(state, actor, Path(String::new()), req).await
 }
 
 /// `GET`/`HEAD /files/{path}`: a file with its MD5 headers (ranges and conditionals honoured),
@@ -46,10 +46,13 @@ pub async fn get_root(
 pub async fn get_file(
     State(core): State<Core>,
     axum::Extension(actor): axum::Extension<Actor>,
-    method: Method,
-    headers: HeaderMap,
     Path(path): Path<String>,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    // The request's own method and headers (the `HeaderMap` extractor would copy them all).
+    let Parts {
+        method, headers, ..
+    } = req.into_parts().0;
     let file = match core.files.open_path(&actor, &path).await? {
         Opened::Dir(entries) => {
             let path = path.trim_matches('/').to_string();
@@ -108,12 +111,15 @@ pub async fn get_file(
             StatusCode::PARTIAL_CONTENT
         }
     };
+    // The headers below, set without growing the map on the way.
+    hm.reserve(10);
     if status != StatusCode::RANGE_NOT_SATISFIABLE {
-        let mime = mime_guess::from_path(&path).first_or_octet_stream();
-        hm.insert(header::CONTENT_TYPE, value(mime.to_string()));
+        let mime = mime_guess::from_path(&path)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
+        hm.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     }
-    let md5_hex = etag.trim_matches('"').to_string();
-    checksum_headers(hm, &md5_hex);
+    checksum_headers(hm, &etag[1..etag.len() - 1]);
     hm.insert(header::ETAG, value(etag));
     hm.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Served files are data, never a page of ferry's origin: an uploaded .html or .svg must
