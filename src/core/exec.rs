@@ -12,10 +12,10 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Output cap of a command whose transport holds all its output before answering.
@@ -255,17 +255,10 @@ impl Executor {
             });
             tx
         });
-        let cap = Arc::new(OutputCap {
-            max: req
-                .max_output
+        let cap = Arc::new(OutputCap::new(
+            req.max_output
                 .map_or(self.limits.max_output, |m| m.min(self.limits.max_output)),
-            used: AtomicU64::new(0),
-            truncated: AtomicBool::new(false),
-            hit: Notify::new(),
-            progress: AtomicU64::new(0),
-            read: AtomicU64::new(0),
-            sending: AtomicU64::new(0),
-        });
+        ));
         let readers = [
             child
                 .stdout

@@ -31,6 +31,21 @@ pub(crate) struct OutputCap {
     pub(crate) sending: AtomicU64,
 }
 
+impl OutputCap {
+    /// A fresh budget of `max` bytes, nothing read yet.
+    pub(crate) fn new(max: u64) -> Self {
+        OutputCap {
+            max,
+            used: AtomicU64::new(0),
+            truncated: AtomicBool::new(false),
+            hit: Notify::new(),
+            progress: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            sending: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Forwards one pipe's output until EOF, cutting it at the cap (and then discarding the rest).
 pub(crate) async fn pump(
     pipe: pipe::Receiver,
@@ -134,10 +149,10 @@ mod tests {
     use crate::core::exec::ExecOutput;
     use bytes::Bytes;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
     use tokio::net::unix::pipe;
-    use tokio::sync::{Notify, mpsc};
+    use tokio::sync::mpsc;
 
     /// The piece cut at the output cap reaches a client too slow to take it at once: the drain
     /// after the command's end waits for it (as for any piece waiting for room), it does not
@@ -147,15 +162,7 @@ mod tests {
         let (read_end, write_end) = rustix::pipe::pipe().unwrap();
         rustix::io::write(&write_end, &[7u8; 1000]).unwrap();
         drop(write_end);
-        let cap = Arc::new(OutputCap {
-            max: 600,
-            used: AtomicU64::new(0),
-            truncated: AtomicBool::new(false),
-            hit: Notify::new(),
-            progress: AtomicU64::new(0),
-            read: AtomicU64::new(0),
-            sending: AtomicU64::new(0),
-        });
+        let cap = Arc::new(OutputCap::new(600));
         // The client has taken nothing yet: the channel is full before the pipe is read.
         let (tx, mut rx) = mpsc::channel(1);
         tx.send(ExecOutput::Stdout(Bytes::from_static(b"earlier")))
