@@ -13,11 +13,19 @@ const TRIM_FROM: usize = 1 << 20;
 
 /// Most arenas: one per core, as the runtime has one worker per core (glibc's default is eight
 /// per core). Each arena keeps its free top (up to [`TRIM_FROM`]) after `malloc_trim`, so every
-/// extra arena is memory the server keeps once quiet. Measured on 2 cores: 2 arenas held RSS
-/// after the 1 KiB load 0.8 MB lower at the same requests/s; 1 arena cost a fifth of them.
+/// extra arena is memory the server keeps once quiet. Measured on 2 cores only: 2 arenas held
+/// RSS after the 1 KiB load 0.8 MB lower at the same requests/s; 1 arena cost a fifth of them.
+/// `None` when the operator chose a number (`MALLOC_ARENA_MAX`, or glibc's tunable): theirs
+/// stands.
 #[cfg(target_env = "gnu")]
-fn arenas() -> libc::c_int {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 64) as libc::c_int)
+fn arenas() -> Option<libc::c_int> {
+    let chosen = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    if chosen {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    Some(libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX))
 }
 
 /// Keeps freed memory in glibc's arenas while transfers run; called once, at start. glibc
@@ -28,16 +36,19 @@ fn arenas() -> libc::c_int {
 /// faulted them in again every few chunks. Measured: a quarter of the server's system time
 /// per uploaded GiB, and `ferry put` 343 against 405 MB/s. Setting the thresholds turns
 /// glibc's own adjustment off. Where glibc refuses a value (a 4 MiB `mmap` threshold is over
-/// the maximum on 32-bit targets) it keeps its default, which is only slower.
+/// the maximum on 32-bit targets) it keeps its default, which is only slower. It also caps the
+/// arenas at one per core (see `arenas`).
 #[cfg(target_env = "gnu")]
 #[allow(unsafe_code)]
 pub fn keep_while_busy() {
-    // SAFETY: mallopt only sets glibc's thresholds, under its own lock; it touches no memory
+    // SAFETY: mallopt only sets glibc's thresholds and limits, under its own lock; it touches no memory
     // of ours.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM as libc::c_int);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_FROM as libc::c_int);
-        libc::mallopt(libc::M_ARENA_MAX, arenas());
+        if let Some(n) = arenas() {
+            libc::mallopt(libc::M_ARENA_MAX, n);
+        }
     }
 }
 

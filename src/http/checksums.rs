@@ -18,7 +18,7 @@ pub static CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest"
 /// `Content-MD5` (RFC 1864).
 pub static CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
 
-/// Sets the whole file's MD5 in its three forms.
+/// Sets the whole file's MD5 in its two headers (the ETag, a third form, is the caller's).
 pub fn checksum_headers(h: &mut HeaderMap, md5_hex: &str) {
     h.insert(
         X_CHECKSUM_MD5.clone(),

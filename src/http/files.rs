@@ -91,6 +91,8 @@ pub async fn get_file(
     };
     let size = v.size;
     let hm = resp.headers_mut();
+    // The headers below, set without growing the map on the way.
+    hm.reserve(10);
     let status = match plan {
         Plan::NotModified => StatusCode::NOT_MODIFIED,
         Plan::Unsatisfiable => {
@@ -111,8 +113,6 @@ pub async fn get_file(
             StatusCode::PARTIAL_CONTENT
         }
     };
-    // The headers below, set without growing the map on the way.
-    hm.reserve(10);
     if status != StatusCode::RANGE_NOT_SATISFIABLE {
         let mime = mime_guess::from_path(&path)
             .first_raw()
