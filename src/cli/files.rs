@@ -60,7 +60,7 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
                 &a.remote,
                 0,
                 Md5Stream::new(),
-                std::io::stdout(),
+                super::run::WaitingStdout,
                 track(&pb),
             )
             .await?;

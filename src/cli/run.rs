@@ -97,6 +97,21 @@ fn print_output(kind: Kind, bytes: &[u8]) -> ControlFlow<()> {
     }
 }
 
+/// Standard output as a writer that waits when a non-blocking descriptor is full (see
+/// [`write_all`]), where std's `Stdout` fails with `WouldBlock`.
+pub(super) struct WaitingStdout;
+
+impl Write for WaitingStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        write_all(std::io::stdout().as_fd(), buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes all of `bytes` to `fd`. A descriptor left non-blocking by whoever started ferry (a
 /// shared terminal, a pipe from an event loop) is waited on when full, never given up on.
 fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> rustix::io::Result<()> {
