@@ -41,8 +41,8 @@ fn arenas() -> Option<libc::c_int> {
 #[cfg(target_env = "gnu")]
 #[allow(unsafe_code)]
 pub fn keep_while_busy() {
-    // SAFETY: mallopt only sets glibc's thresholds and limits, under its own lock; it touches no memory
-    // of ours.
+    // SAFETY: mallopt only sets glibc's thresholds and limits, under its own lock; it touches
+    // no memory of ours.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM as libc::c_int);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_FROM as libc::c_int);

@@ -119,7 +119,7 @@ pub async fn get_file(
             .unwrap_or("application/octet-stream");
         hm.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     }
-    checksum_headers(hm, &etag[1..etag.len() - 1]);
+    checksum_headers(hm, etag.trim_matches('"'));
     hm.insert(header::ETAG, value(etag));
     hm.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Served files are data, never a page of ferry's origin: an uploaded .html or .svg must
