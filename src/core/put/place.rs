@@ -43,7 +43,9 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
         Err(e) => return Err(Error::io(e, parent.as_str())),
     }
     let mut opts = cap_std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
+    // Readable too: a big upload reads back its last partial block when it turns to direct
+    // writes (see `direct::Out`).
+    opts.read(true).write(true).create_new(true);
     let file = files
         .dir
         .open_with(tmp.as_path(), &opts)

@@ -2,11 +2,11 @@
 //! third while it arrives; checked for size and MD5, then fsynced.
 
 use super::Commit;
+use super::direct::Out;
 use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::error::{Code, Error, Result};
 use crate::core::flush::Flusher;
 use bytes::Bytes;
-use std::io::{IoSlice, Write};
 use tokio::sync::mpsc;
 
 /// Hashes on one thread while writing on this one; checks size and MD5; fsyncs. Returns the MD5
@@ -20,7 +20,7 @@ pub(super) fn write_and_verify(
 ) -> (Result<std::fs::File>, Option<String>) {
     let mut hasher = Md5Thread::start(Md5Stream::new());
     let mut flusher = Flusher::default();
-    let mut file = file;
+    let mut out = Out::new(file);
     let mut written = 0u64;
     // A batch taken from the queue that did not fit in the previous write.
     let mut carried: Option<Vec<Bytes>> = None;
@@ -40,14 +40,21 @@ pub(super) fn write_and_verify(
         }
         // Hashed while it is written.
         hasher.update_batch(batch.clone());
-        if let Err(e) = write_all(&mut file, &batch) {
+        if let Err(e) = out.write(&batch) {
             flusher.stop();
             return (Err(Error::internal(e)), None);
         }
         written += n;
-        flusher.wrote(&file, n);
+        // Direct writes are on the disk already: only what went through the cache is flushed.
+        if !out.is_direct() {
+            flusher.wrote(out.file(), n);
+        }
     }
     flusher.stop();
+    let file = match out.finish() {
+        Ok(f) => f,
+        Err(e) => return (Err(Error::internal(e)), None),
+    };
     let Some(md5) = hasher.finish() else {
         return (Err(Error::internal("hasher panicked")), None);
     };
@@ -88,43 +95,3 @@ fn bytes_in(batch: &[Bytes]) -> u64 {
 
 /// Pieces in one batch, at most (one `writev` takes at most 1024).
 const BATCH_PIECES: usize = 256;
-
-/// Writes every piece of `batch`, in as few `writev` calls as the file takes.
-fn write_all(file: &mut std::fs::File, batch: &[Bytes]) -> std::io::Result<()> {
-    // Empty pieces are left out: a `writev` of nothing but them returns 0, as a full disk might.
-    let mut slices: Vec<IoSlice<'_>> = batch
-        .iter()
-        .filter(|c| !c.is_empty())
-        .map(|c| IoSlice::new(c))
-        .collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        match file.write_vectored(rest) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_is_written_whole_and_in_order_empty_pieces_included() {
-        let path = std::env::temp_dir().join(format!("ferry-batch-{}", std::process::id()));
-        let mut file = std::fs::File::create(&path).unwrap();
-        let pieces: Vec<Bytes> = (0..300u32)
-            .map(|i| Bytes::from(vec![i as u8; (i as usize * 37) % 5000]))
-            .collect();
-        write_all(&mut file, &pieces).unwrap();
-        write_all(&mut file, &[Bytes::new(), Bytes::new()]).unwrap();
-        drop(file);
-        let want: Vec<u8> = pieces.concat();
-        assert_eq!(std::fs::read(&path).unwrap(), want);
-        std::fs::remove_file(&path).unwrap();
-    }
-}
