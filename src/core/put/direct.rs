@@ -27,7 +27,7 @@ const STAGE: usize = 1 << 20;
 
 /// Filesystems that write `O_DIRECT` to a local disk (`statfs` magic numbers): ext4, XFS and
 /// Btrfs. Elsewhere (tmpfs, network and FUSE filesystems, overlays) the page cache is kept.
-const DIRECT_FS: [i64; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
+const DIRECT_FS: [u32; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
 
 /// The temp file of an upload, written in order from the first byte.
 pub(super) struct Out {
@@ -38,6 +38,10 @@ pub(super) struct Out {
     direct: Option<Stage>,
     /// Whether going direct may still be tried (a local filesystem that has not refused it).
     may_go_direct: bool,
+    /// Tests: the buffer is put one byte off its alignment, so that every direct write fails
+    /// with EINVAL, as on a filesystem that wants a larger alignment.
+    #[cfg(test)]
+    misaligned: bool,
 }
 
 /// Bytes waiting for the next direct write; they belong at the file's `at`, which is aligned.
@@ -51,12 +55,14 @@ struct Stage {
 }
 
 impl Stage {
+    /// An empty stage.
     fn new() -> Stage {
         let mem = vec![0u8; STAGE + ALIGN];
         let start = mem.as_ptr().align_offset(ALIGN);
         Stage { mem, start, len: 0 }
     }
 
+    /// The aligned room for `STAGE` bytes.
     fn buf(&mut self) -> &mut [u8] {
         &mut self.mem[self.start..self.start + STAGE]
     }
@@ -73,6 +79,8 @@ impl Out {
             at: 0,
             direct: None,
             may_go_direct,
+            #[cfg(test)]
+            misaligned: false,
         }
     }
 
@@ -128,11 +136,8 @@ impl Out {
         if blocks > 0 {
             self.flush_stage(blocks)?;
         }
-        if let Some(mut stage) = self.direct.take() {
-            self.buffered()?;
-            let len = stage.len;
-            self.file.write_all_at(&stage.buf()[..len], self.at)?;
-            self.at += len as u64;
+        if let Some(stage) = self.direct.take() {
+            self.write_buffered(stage)?;
         }
         Ok(self.file)
     }
@@ -141,18 +146,22 @@ impl Out {
     /// read back into the buffer, so that every direct write starts on a block.
     fn go_direct(&mut self) -> io::Result<()> {
         let mut stage = Stage::new();
+        #[cfg(test)]
+        if self.misaligned {
+            stage.start += 1;
+        }
         let head = (self.at % ALIGN as u64) as usize;
-        self.at -= head as u64;
+        let start = self.at - head as u64;
         // Read before the flag is set: a direct read would need alignment too. A file that
         // cannot be read, or a filesystem that refuses the flag, keeps the page cache.
-        let read = self.file.read_exact_at(&mut stage.buf()[..head], self.at);
+        let read = self.file.read_exact_at(&mut stage.buf()[..head], start);
         stage.len = head;
         let flags = rustix::fs::fcntl_getfl(&self.file)?;
         if read.is_err() || rustix::fs::fcntl_setfl(&self.file, flags | OFlags::DIRECT).is_err() {
             self.may_go_direct = false;
-            self.at += head as u64;
             return Ok(());
         }
+        self.at = start;
         self.direct = Some(stage);
         Ok(())
     }
@@ -168,10 +177,7 @@ impl Out {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.may_go_direct = false;
-                self.buffered()?;
-                let len = stage.len;
-                self.file.write_all_at(&stage.buf()[..len], self.at)?;
-                self.at += len as u64;
+                self.write_buffered(stage)?;
                 // The writes that follow go at the file's position.
                 self.file.seek(SeekFrom::Start(self.at))?;
                 return Ok(());
@@ -186,18 +192,22 @@ impl Out {
         Ok(())
     }
 
-    /// Turns direct writes off.
-    fn buffered(&self) -> io::Result<()> {
+    /// Turns direct writes off and writes everything staged through the cache, at `at`.
+    fn write_buffered(&mut self, mut stage: Stage) -> io::Result<()> {
         let flags = rustix::fs::fcntl_getfl(&self.file)?;
         rustix::fs::fcntl_setfl(&self.file, flags - OFlags::DIRECT)?;
+        let len = stage.len;
+        self.file.write_all_at(&stage.buf()[..len], self.at)?;
+        self.at += len as u64;
         Ok(())
     }
 }
 
-/// A filesystem's `statfs` magic number, whose integer type differs between platforms.
+/// A filesystem's `statfs` magic number (a 32-bit value, in an integer type that differs
+/// between platforms).
 #[allow(clippy::unnecessary_cast)]
-fn magic(s: &rustix::fs::StatFs) -> i64 {
-    s.f_type as i64
+fn magic(s: &rustix::fs::StatFs) -> u32 {
+    s.f_type as u32
 }
 
 /// Writes every piece of `batch`, in as few `writev` calls as the file takes.
@@ -231,23 +241,41 @@ mod tests {
         data.chunks(100_003).map(Bytes::copy_from_slice).collect()
     }
 
-    /// Writes `batch` into a new file in `dir`, three pieces per call as the disk thread does;
-    /// returns whether it went direct, and what the file holds.
-    fn write_in(dir: &std::path::Path, batch: &[Bytes]) -> (bool, Vec<u8>) {
+    /// Writes `batch` into a new file in `dir`, three pieces per call as the disk thread does
+    /// (with a misaligned buffer if `misaligned`); returns whether it went direct, and what the
+    /// file holds.
+    fn write_in(dir: &std::path::Path, batch: &[Bytes], misaligned: bool) -> (bool, Vec<u8>) {
         let path = dir.join("upload");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path);
+        let mut opts = File::options();
+        let file = opts.read(true).write(true).create_new(true).open(&path);
         let mut out = Out::new(file.unwrap());
+        out.misaligned = misaligned;
         let mut direct = false;
         for b in batch.chunks(3) {
             out.write(b).unwrap();
             direct |= out.is_direct();
         }
-        drop(out.finish().unwrap());
+        let file = out.finish().unwrap();
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(
+            !flags.contains(OFlags::DIRECT),
+            "direct writes are off once finished"
+        );
+        drop(file);
         (direct, std::fs::read(&path).unwrap())
+    }
+
+    /// A temp dir beside the crate, on the disk the build uses (a system temp dir may be in
+    /// memory), and whether its filesystem is one that goes direct.
+    fn local_dir() -> (tempfile::TempDir, bool) {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let dir = tempfile::tempdir_in(&target).unwrap();
+        let local = magic(&rustix::fs::statfs(dir.path()).unwrap());
+        if !DIRECT_FS.contains(&local) {
+            eprintln!("filesystem {local:#x} keeps the page cache: only the bytes are checked");
+        }
+        (dir, DIRECT_FS.contains(&local))
     }
 
     #[test]
@@ -257,7 +285,7 @@ mod tests {
             .map(|i| Bytes::from(vec![i as u8; (i as usize * 37) % 5000]))
             .collect();
         pieces.push(Bytes::new());
-        let (direct, got) = write_in(dir.path(), &pieces);
+        let (direct, got) = write_in(dir.path(), &pieces, false);
         assert!(!direct, "a small file stays in the page cache");
         assert_eq!(got, pieces.concat());
     }
@@ -268,28 +296,37 @@ mod tests {
         // is read back into the buffer; the last 1,234 bytes are not a whole block.
         let batch = pieces((12 << 20) + 1234);
         let want = batch.concat();
-        // Beside the crate, on the disk the build uses (a temp dir may be in memory).
-        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-        std::fs::create_dir_all(&target).unwrap();
-        let dir = tempfile::tempdir_in(&target).unwrap();
-        let local = magic(&rustix::fs::statfs(dir.path()).unwrap());
-        let (direct, got) = write_in(dir.path(), &batch);
+        let (dir, local) = local_dir();
+        let (direct, got) = write_in(dir.path(), &batch, false);
         assert!(got == want, "the file differs from what was written");
-        if DIRECT_FS.contains(&local) {
-            assert!(direct, "a 12 MiB file on a local filesystem goes direct");
-        } else {
-            eprintln!("filesystem {local:#x} keeps the page cache: only the bytes were checked");
-        }
+        assert_eq!(
+            direct, local,
+            "a 12 MiB file goes direct on a local filesystem"
+        );
         // A filesystem in memory keeps the page cache: going direct there only adds a copy.
         let shm = std::path::Path::new("/dev/shm");
-        if rustix::fs::statfs(shm).is_ok_and(|s| magic(&s) == libc::TMPFS_MAGIC) {
+        if rustix::fs::statfs(shm).is_ok_and(|s| magic(&s) == libc::TMPFS_MAGIC as u32) {
             let dir = tempfile::tempdir_in(shm).unwrap();
-            let (direct, got) = write_in(dir.path(), &batch);
+            let (direct, got) = write_in(dir.path(), &batch, false);
             assert!(!direct, "tmpfs keeps the page cache");
             assert!(
                 got == want,
                 "the file in tmpfs differs from what was written"
             );
+        }
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_to_the_cache_without_losing_a_byte() {
+        // A misaligned buffer makes the first direct write fail with EINVAL: once when the
+        // buffer fills (12 MiB), once at the end (8 MiB and 300,000 bytes: the buffer never
+        // fills, and the whole blocks are written at `finish`).
+        for total in [(12 << 20) + 1234, (8 << 20) + 300_000] {
+            let batch = pieces(total);
+            let (dir, local) = local_dir();
+            let (direct, got) = write_in(dir.path(), &batch, true);
+            assert!(got == batch.concat(), "{total} bytes: the file differs");
+            assert_eq!(direct, local, "{total} bytes: direct writes were tried");
         }
     }
 }

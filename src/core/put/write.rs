@@ -1,4 +1,5 @@
-//! The disk side of an upload: written on one thread, hashed on another, flushed to disk on a
+//! The disk side of an upload: written on one thread (past 8 MiB straight to the disk, see
+//! `direct`), hashed on another, and what went through the page cache flushed to disk on a
 //! third while it arrives; checked for size and MD5, then fsynced.
 
 use super::Commit;
@@ -45,7 +46,8 @@ pub(super) fn write_and_verify(
             return (Err(Error::internal(e)), None);
         }
         written += n;
-        // Direct writes are on the disk already: only what went through the cache is flushed.
+        // Direct writes have gone to the device already: only what went through the cache is
+        // flushed while the rest arrives (the final fsync covers both).
         if !out.is_direct() {
             flusher.wrote(out.file(), n);
         }
