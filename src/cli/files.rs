@@ -4,7 +4,7 @@ use super::run::connect;
 use super::{GetArgs, LsArgs, PutArgs};
 use crate::client::Progress;
 use crate::core::checksum::{Md5Stream, digest_reader, hash_reader};
-use crate::core::flush::Flusher;
+use crate::core::direct::FileWriter;
 use crate::tcp::messages::FEATURE_MD5_TRAILER;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -84,41 +84,30 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
         None => (0, Md5Stream::new()),
     };
     let from_local = resume_from.as_ref() == Some(&local);
-    // A second handle of the file, for flushing it to disk while the rest arrives.
-    let handle = std::sync::Arc::new(std::sync::OnceLock::<std::fs::File>::new());
     let open = {
-        let (part, local, handle) = (part.clone(), local.clone(), handle.clone());
-        move |_: &crate::tcp::messages::GetHeader| -> std::io::Result<std::fs::File> {
+        let (part, local) = (part.clone(), local.clone());
+        move |_: &crate::tcp::messages::GetHeader| -> std::io::Result<FileWriter> {
             if from_local {
                 std::fs::rename(&local, &part)?;
             }
-            let file = if offset > 0 {
-                std::fs::OpenOptions::new().append(true).open(&part)?
-            } else {
-                std::fs::File::create(&part)?
-            };
-            if let Ok(h) = file.try_clone() {
-                let _ = handle.set(h);
+            // Readable too: the writer reads back a partial block when it turns to direct
+            // writes. It writes on from the end of what a resumed download already holds.
+            let mut opts = std::fs::OpenOptions::new();
+            opts.read(true).write(true);
+            if offset == 0 {
+                opts.create(true).truncate(true);
             }
-            Ok(file)
+            FileWriter::new(opts.open(&part)?)
         }
     };
     let pb = bar(&name);
-    let mut flusher = Flusher::default();
-    let mut shown = track(&pb);
-    let progress = |p: Progress| {
-        if let (Progress::Advance(n), Some(file)) = (&p, handle.get()) {
-            flusher.wrote(file, *n);
-        }
-        shown(p);
-    };
     let result = client
-        .get_with(&a.remote, offset, prefix, open, progress)
+        .get_with(&a.remote, offset, prefix, open, track(&pb))
         .await;
-    flusher.stop();
     pb.finish_and_clear();
     match result {
-        Ok((file, out)) => {
+        Ok((writer, out)) => {
+            let file = writer.finish()?;
             file.sync_all()?;
             std::fs::rename(&part, &local)?;
             let resumed = if offset > 0 {

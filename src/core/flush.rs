@@ -47,9 +47,14 @@ impl Flusher {
         }
     }
 
-    /// Waits for the flush in progress, and the one asked for after it, if any.
-    pub fn stop(self) {
-        if let Some((tx, thread)) = self.thread {
+    /// Waits for the flush in progress, and the one asked for after it, if any (as dropping
+    /// the flusher does).
+    pub fn stop(self) {}
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        if let Some((tx, thread)) = self.thread.take() {
             drop(tx);
             let _ = thread.join();
         }

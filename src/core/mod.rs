@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod checksum;
 pub mod digests;
+pub mod direct;
 pub mod error;
 pub mod exec;
 pub mod files;

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
-mod direct;
 mod place;
 mod write;
 pub(crate) use place::{commit_file, create_temp};

@@ -1,12 +1,10 @@
-//! The disk side of an upload: written on one thread (past 8 MiB straight to the disk, see
-//! `direct`), hashed on another, and what went through the page cache flushed to disk on a
-//! third while it arrives; checked for size and MD5, then fsynced.
+//! The disk side of an upload: written on one thread (through a [`FileWriter`]: past 8 MiB
+//! straight to the disk), hashed on another; checked for size and MD5, then fsynced.
 
 use super::Commit;
-use super::direct::Out;
 use crate::core::checksum::{Md5Stream, Md5Thread};
+use crate::core::direct::FileWriter;
 use crate::core::error::{Code, Error, Result};
-use crate::core::flush::Flusher;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -20,8 +18,10 @@ pub(super) fn write_and_verify(
     commit: &Commit,
 ) -> (Result<std::fs::File>, Option<String>) {
     let mut hasher = Md5Thread::start(Md5Stream::new());
-    let mut flusher = Flusher::default();
-    let mut out = Out::new(file);
+    let mut out = match FileWriter::new(file) {
+        Ok(out) => out,
+        Err(e) => return (Err(Error::internal(e)), None),
+    };
     let mut written = 0u64;
     // A batch taken from the queue that did not fit in the previous write.
     let mut carried: Option<Vec<Bytes>> = None;
@@ -41,18 +41,11 @@ pub(super) fn write_and_verify(
         }
         // Hashed while it is written.
         hasher.update_batch(batch.clone());
-        if let Err(e) = out.write(&batch) {
-            flusher.stop();
+        if let Err(e) = out.write_batch(&batch) {
             return (Err(Error::internal(e)), None);
         }
         written += n;
-        // Direct writes have gone to the device already: only what went through the cache is
-        // flushed while the rest arrives (the final fsync covers both).
-        if !out.is_direct() {
-            flusher.wrote(out.file(), n);
-        }
     }
-    flusher.stop();
     let file = match out.finish() {
         Ok(f) => f,
         Err(e) => return (Err(Error::internal(e)), None),
