@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 
 /// Bytes written through the page cache before the rest goes direct: smaller files never leave
 /// it, and stay cached for whoever reads them next.
-pub const DIRECT_AFTER: u64 = 8 << 20;
+const DIRECT_AFTER: u64 = 8 << 20;
 
 /// Offsets, lengths and the buffer's address are multiples of this in direct writes (the
 /// largest logical block size in common use).
@@ -30,10 +30,12 @@ const STAGE: usize = 1 << 20;
 /// Btrfs. Elsewhere (tmpfs, network and FUSE filesystems, overlays) the page cache is kept.
 const DIRECT_FS: [u32; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
 
-/// A file being written in order, to its end; what went through the page cache is flushed to
-/// disk every 32 MiB while the rest arrives, so the final fsync waits only for the tail.
+/// A file being written in order, to its end (see the module's doc). After an error it takes
+/// nothing more: what it had staged is lost, so each later call fails too.
 pub struct FileWriter {
     file: File,
+    /// The error that stopped it, if one did.
+    failed: Option<io::ErrorKind>,
     /// Bytes in the file so far (the staged ones not included).
     at: u64,
     /// Flushes what went through the page cache.
@@ -81,6 +83,7 @@ impl FileWriter {
             .unwrap_or(false);
         Ok(FileWriter {
             file,
+            failed: None,
             at,
             flusher: Flusher::default(),
             direct: None,
@@ -91,12 +94,32 @@ impl FileWriter {
     }
 
     /// Whether writes now go straight to the disk.
-    pub fn is_direct(&self) -> bool {
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
         self.direct.is_some()
     }
 
     /// Appends every piece of `batch`, in order.
     pub fn write_batch(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        self.unless_failed(|w| w.append_batch(batch))
+    }
+
+    /// Writes what is staged, and returns the file, complete (but not yet fsynced).
+    pub fn finish(mut self) -> io::Result<File> {
+        self.unless_failed(Self::complete)?;
+        Ok(self.file)
+    }
+
+    /// Runs `op` unless an earlier error stopped the writer; an error of `op` stops it.
+    fn unless_failed<T>(&mut self, op: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
+        if let Some(kind) = self.failed {
+            return Err(io::Error::new(kind, "an earlier write to this file failed"));
+        }
+        op(self).inspect_err(|e| self.failed = Some(e.kind()))
+    }
+
+    /// [`FileWriter::write_batch`], once.
+    fn append_batch(&mut self, batch: &[Bytes]) -> io::Result<()> {
         self.maybe_go_direct()?;
         if self.direct.is_none() {
             write_all(&mut self.file, batch)?;
@@ -105,13 +128,6 @@ impl FileWriter {
             return Ok(());
         }
         batch.iter().try_for_each(|piece| self.stage(piece))
-    }
-
-    /// Writes what is staged, waits for the flush in progress, and returns the file, complete
-    /// (but not yet fsynced).
-    pub fn finish(mut self) -> io::Result<File> {
-        self.complete()?;
-        Ok(self.file)
     }
 
     /// Counts `n` bytes written through the page cache.
@@ -150,9 +166,9 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Writes what is staged (the whole blocks direct, the last partial one through the cache,
-    /// which ends direct writes until the file grows by a block again), and waits for the
-    /// flush in progress.
+    /// Writes what is staged (the whole blocks direct, the last partial one through the cache;
+    /// the next write goes direct again, from that block), and waits for the flush in
+    /// progress.
     fn complete(&mut self) -> io::Result<()> {
         if let Some(stage) = &self.direct {
             let blocks = stage.len / ALIGN * ALIGN;
@@ -164,7 +180,7 @@ impl FileWriter {
                 self.file.seek(SeekFrom::Start(self.at))?;
             }
         }
-        std::mem::take(&mut self.flusher).stop();
+        drop(std::mem::take(&mut self.flusher));
         Ok(())
     }
 
@@ -233,18 +249,20 @@ impl FileWriter {
 /// staged.
 impl Write for FileWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.maybe_go_direct()?;
-        if self.direct.is_none() {
-            let n = self.file.write(buf)?;
-            self.wrote_cached(n as u64);
-            return Ok(n);
-        }
-        self.stage(buf)?;
-        Ok(buf.len())
+        self.unless_failed(|w| {
+            w.maybe_go_direct()?;
+            if w.direct.is_none() {
+                let n = w.file.write(buf)?;
+                w.wrote_cached(n as u64);
+                return Ok(n);
+            }
+            w.stage(buf)?;
+            Ok(buf.len())
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.complete()
+        self.unless_failed(Self::complete)
     }
 }
 
@@ -377,21 +395,25 @@ mod tests {
 
     #[test]
     fn written_through_write_it_resumes_at_the_end_and_goes_direct_the_same() {
-        // As `ferry get --continue` uses it: a file that holds 5,000,001 bytes already, then
-        // the rest in chunks of 65,537 bytes through `Write`, and `flush` at the end.
-        let data: Vec<u8> = pieces((12 << 20) + 777).concat();
+        // As `ferry get --continue` uses it: a file that holds 9,000,001 bytes already (past the
+        // threshold, so the first write reads back a block this writer never wrote), then the
+        // rest in chunks of 65,537 bytes through `Write`, with a `flush` halfway and at the end.
+        let data: Vec<u8> = pieces((16 << 20) + 777).concat();
         let (dir, local) = local_dir();
         let path = dir.path().join("download.part");
-        std::fs::write(&path, &data[..5_000_001]).unwrap();
+        std::fs::write(&path, &data[..9_000_001]).unwrap();
         let file = File::options().read(true).write(true).open(&path).unwrap();
         let mut out = FileWriter::new(file).unwrap();
         let mut direct = false;
-        for chunk in data[5_000_001..].chunks(65_537) {
+        for (i, chunk) in data[9_000_001..].chunks(65_537).enumerate() {
             out.write_all(chunk).unwrap();
             direct |= out.is_direct();
+            if i == 50 {
+                out.flush().unwrap();
+                assert!(!out.is_direct(), "flush writes what is staged");
+            }
         }
         out.flush().unwrap();
-        assert!(!out.is_direct(), "flush writes what is staged");
         drop(out.finish().unwrap());
         assert!(std::fs::read(&path).unwrap() == data, "the file differs");
         assert_eq!(

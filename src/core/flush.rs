@@ -46,12 +46,9 @@ impl Flusher {
             let _ = tx.try_send(());
         }
     }
-
-    /// Waits for the flush in progress, and the one asked for after it, if any (as dropping
-    /// the flusher does).
-    pub fn stop(self) {}
 }
 
+/// Dropping it waits for the flush in progress, and the one asked for after it, if any.
 impl Drop for Flusher {
     fn drop(&mut self) {
         if let Some((tx, thread)) = self.thread.take() {
