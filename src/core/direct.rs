@@ -110,15 +110,20 @@ impl FileWriter {
         Ok(self.file)
     }
 
-    /// Runs `op` unless an earlier error stopped the writer; an error of `op` stops it.
+    /// Runs `op` unless an earlier error stopped the writer; an error of `op` stops it (but an
+    /// interrupted call, which wrote nothing and may be retried).
     fn unless_failed<T>(&mut self, op: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
         if let Some(kind) = self.failed {
             return Err(io::Error::new(kind, "an earlier write to this file failed"));
         }
-        op(self).inspect_err(|e| self.failed = Some(e.kind()))
+        op(self).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.failed = Some(e.kind());
+            }
+        })
     }
 
-    /// [`FileWriter::write_batch`], once.
+    /// Appends `batch` (the work of [`FileWriter::write_batch`]).
     fn append_batch(&mut self, batch: &[Bytes]) -> io::Result<()> {
         self.maybe_go_direct()?;
         if self.direct.is_none() {
