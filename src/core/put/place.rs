@@ -44,7 +44,7 @@ pub(crate) fn create_temp(files: &Files, rel: &RelPath) -> Result<NewTemp> {
     }
     let mut opts = cap_std::fs::OpenOptions::new();
     // Readable too: a big upload reads back its last partial block when it turns to direct
-    // writes (see `direct::Out`).
+    // writes (see `core::direct::FileWriter`).
     opts.read(true).write(true).create_new(true);
     let file = files
         .dir
