@@ -41,19 +41,13 @@ pub(super) enum Event {
 pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urgent: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut conn = None;
-    let awaited = |e: &Event| {
-        matches!(
-            e,
-            Event::Flush(_) | Event::Close(_) | Event::CommandStart { .. }
-        )
-    };
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        if !batch.iter().any(awaited) {
+        if lingers(&batch) {
             // A permit left by an awaited row taken earlier would cut the wait short: drop it,
             // then take what came meanwhile (a row awaited from now on brings a new permit).
             let _ = urgent.notified().now_or_never();
             take_queued(&mut rx, &mut batch);
-            if !batch.iter().any(awaited) {
+            if lingers(&batch) {
                 tokio::select! {
                     _ = tokio::time::sleep(LINGER) => {}
                     _ = urgent.notified() => {}
@@ -89,6 +83,19 @@ pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urge
             return;
         }
     }
+}
+
+/// Whether a batch should wait for company before it is written: not when someone awaits one
+/// of its rows, and not when it is full (lingering then would cap the writer at one batch per
+/// linger, and hold up every sender behind a full queue).
+fn lingers(batch: &[Event]) -> bool {
+    batch.len() < BATCH
+        && !batch.iter().any(|e| {
+            matches!(
+                e,
+                Event::Flush(_) | Event::Close(_) | Event::CommandStart { .. }
+            )
+        })
 }
 
 fn take_queued(rx: &mut mpsc::Receiver<Event>, batch: &mut Vec<Event>) {

@@ -1,4 +1,5 @@
-//! A batch with a bad row: the good rows are written and acknowledged, the bad one alone fails.
+//! The writer: a batch with a bad row (the good rows are written and acknowledged, the bad one
+//! alone fails), big batches, the close, and when a batch waits for company.
 
 use super::*;
 use crate::core::audit::Audit;
@@ -145,4 +146,19 @@ async fn close_writes_what_is_queued_then_the_writer_ends() {
         .await
         .unwrap();
     assert_eq!(sessions, 1);
+}
+
+/// Rows nobody waits for linger for company, but a full batch has all it can take: lingering
+/// then capped the writer at one batch per linger (25,600 rows a second), and under load every
+/// request waited behind the full queue.
+#[test]
+fn a_full_batch_or_an_awaited_row_does_not_linger() {
+    let mut batch: Vec<Event> = (0..BATCH - 1).map(|i| transfer(&format!("t{i}"))).collect();
+    assert!(lingers(&batch), "a batch short of full waits for company");
+    batch.push(transfer("last"));
+    assert!(!lingers(&batch), "a full batch is written at once");
+    let (c, _acked) = start("c1", "s1");
+    assert!(!lingers(&[transfer("t"), c]), "a command waits for its row");
+    let (flush, _flushed) = oneshot::channel();
+    assert!(!lingers(&[Event::Flush(flush)]));
 }
