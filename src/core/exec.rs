@@ -7,6 +7,7 @@ use crate::core::files::Files;
 use crate::core::output::{OutputCap, drain, pump};
 use crate::core::registry::new_id;
 use crate::core::sandbox::{self, Confinement, Sandbox};
+use crate::core::simple_command::plain_words;
 use bytes::Bytes;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
@@ -227,11 +228,25 @@ impl Executor {
             .command_started(&id, actor, &line, &cwd_raw)
             .await?;
 
-        let plan = self
-            .sandbox
-            .plan(&program, &args, &req.env, &cwd, req.stdin);
+        let start = |program: &str, args: &[String], env: &BTreeMap<String, String>| {
+            let plan = self.sandbox.plan(program, args, env, &cwd, req.stdin)?;
+            sandbox::spawn(&plan, program)
+        };
         let started = Instant::now();
-        let spawned = plan.and_then(|p| sandbox::spawn(&p, &program));
+        // A line that is one plain command runs without the shell; if it cannot start so, the
+        // shell runs it after all and says why (or runs a script that has no #! line).
+        let direct = req
+            .cmd
+            .as_deref()
+            .filter(|_| !req.env.contains_key("PWD"))
+            .and_then(plain_words)
+            .and_then(|words| {
+                // The shell would have set PWD for it.
+                let mut env = req.env.clone();
+                env.insert("PWD".into(), cwd.to_string_lossy().into_owned());
+                start(&words[0], &words[1..], &env).ok()
+            });
+        let spawned = direct.map_or_else(|| start(&program, &args, &req.env), Ok);
         let mut child = match spawned {
             Ok(c) => c,
             Err(err) => {

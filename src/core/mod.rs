@@ -18,6 +18,7 @@ pub mod paths;
 pub mod put;
 pub mod registry;
 pub mod sandbox;
+pub mod simple_command;
 pub mod term;
 pub mod transfer;
 pub mod uploads;
