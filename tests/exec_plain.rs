@@ -38,13 +38,19 @@ async fn a_plain_command_runs_without_the_shell() {
         .await
         .unwrap();
     assert_ne!(parent_of(&out), std::process::id());
-    // It sees PWD as it would under the shell.
+    // It sees PWD as it would under the shell: the directory's physical path.
+    std::os::unix::fs::symlink("sub", s.path("link")).unwrap();
     let mut req = line("env");
-    req.cwd = Some("sub".into());
+    req.cwd = Some("link".into());
     let (out, _, _) = c.exec_collect(req).await.unwrap();
     let out = String::from_utf8(out).unwrap();
     let pwd = format!("PWD={}", s.path("sub").canonicalize().unwrap().display());
     assert!(out.lines().any(|l| l == pwd), "{pwd} in {out}");
+    // A variable the shell would not pass on (its name is no shell name): the shell runs it.
+    let mut req = line("cat /proc/self/status");
+    req.env.insert("not-a-name".into(), "1".into());
+    let (out, _, _) = c.exec_collect(req).await.unwrap();
+    assert_ne!(parent_of(&out), std::process::id());
     s.stop().await;
 }
 

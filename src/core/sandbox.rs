@@ -267,12 +267,20 @@ impl Confinement {
 /// Starts a confined command under [`spawn_lock`], with a clear error for a missing or
 /// forbidden program (or working directory).
 pub fn spawn(plan: &Plan, program: &str) -> crate::core::error::Result<Process> {
+    start(plan).map_err(|e| spawn_error(e, program))
+}
+
+/// Starts a confined command under [`spawn_lock`]; the error as the system gave it.
+pub fn start(plan: &Plan) -> Result<Process, SpawnError> {
+    let _lock = spawn_lock();
+    plan.spawn()
+}
+
+/// The clear error for a command that did not start.
+pub fn spawn_error(e: SpawnError, program: &str) -> crate::core::error::Error {
     use crate::core::error::{Code, Error};
-    let spawned = {
-        let _lock = spawn_lock();
-        plan.spawn()
-    };
-    spawned.map_err(|SpawnError { err, in_cwd }| match err.kind() {
+    let SpawnError { err, in_cwd, .. } = e;
+    match err.kind() {
         std::io::ErrorKind::NotFound if in_cwd => {
             Error::new(Code::NotFound, "the working directory is gone")
         }
@@ -296,7 +304,7 @@ pub fn spawn(plan: &Plan, program: &str) -> crate::core::error::Result<Process> 
             )),
             _ => Error::internal(format!("spawn {program}: {err}")),
         },
-    })
+    }
 }
 
 /// Forks (spawns) hold this shared; opening a pty holds it exclusive.

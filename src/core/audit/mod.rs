@@ -166,6 +166,10 @@ impl Audit {
         if self.tx.send(ev).await.is_err() {
             tracing::warn!("audit writer is closed; an audit row was dropped");
         }
+        // A full batch is waiting: the writer need not linger for more.
+        if self.tx.max_capacity() - self.tx.capacity() >= writer::BATCH {
+            self.urgent.notify_one();
+        }
     }
 
     /// Records a session start.

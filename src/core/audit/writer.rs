@@ -106,7 +106,7 @@ fn take_queued(rx: &mut mpsc::Receiver<Event>, batch: &mut Vec<Event>) {
 }
 
 /// Most events written in one transaction.
-const BATCH: usize = 512;
+pub(super) const BATCH: usize = 512;
 /// How long rows nobody waits for may wait for more before they are written.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 

@@ -67,11 +67,17 @@ pub struct SpawnError {
     pub err: io::Error,
     /// Whether the working directory was the cause.
     pub in_cwd: bool,
+    /// Whether the program did start (it was exec'd, then could not be watched and was killed).
+    pub ran: bool,
 }
 
 impl From<io::Error> for SpawnError {
     fn from(err: io::Error) -> Self {
-        SpawnError { err, in_cwd: false }
+        SpawnError {
+            err,
+            in_cwd: false,
+            ran: false,
+        }
     }
 }
 
@@ -184,6 +190,7 @@ impl Plan {
                 Err(SpawnError {
                     err,
                     in_cwd: errno & CWD_FAILED != 0,
+                    ran: errno == 0,
                 })
             }
         }
