@@ -253,10 +253,9 @@ impl Executor {
             .and_then(plain_words)
             .filter(|_| self.shell_free_env(&req.env))
             .and_then(|words| {
-                // The shell would have set PWD, to the directory's physical path.
+                // The shell would have set PWD, to the directory's physical path (as `cwd` is).
                 let mut env = req.env.clone();
-                let pwd = std::fs::canonicalize(&cwd).unwrap_or_else(|_| cwd.clone());
-                env.insert("PWD".into(), pwd.to_string_lossy().into_owned());
+                env.insert("PWD".into(), cwd.to_string_lossy().into_owned());
                 let plan = self
                     .sandbox
                     .plan(&words[0], &words[1..], &env, &cwd, req.stdin);

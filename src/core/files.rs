@@ -96,7 +96,8 @@ impl Files {
         &self.root_path
     }
 
-    /// Resolves a directory for a command's cwd: confined, and must exist.
+    /// Resolves a directory for a command's cwd: confined, and must exist. The answer is its
+    /// physical path (no symlink in it), as the shell sets `PWD`.
     pub async fn resolve_dir(&self, raw: &str) -> Result<PathBuf> {
         let rel = RelPath::parse(raw)?;
         let root = self.root_path.to_path_buf();
@@ -112,7 +113,16 @@ impl Files {
             if !meta.is_dir() {
                 return Err(Error::bad_request(format!("{rel}: not a directory")));
             }
-            Ok(root.join(rel.as_path()))
+            let physical = std::fs::canonicalize(root.join(rel.as_path()))
+                .map_err(|e| Error::io(e, rel.as_str()))?;
+            // A symlink swapped in since the check above could lead out of the root.
+            if !physical.starts_with(&root) {
+                return Err(Error::io(
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                    rel.as_str(),
+                ));
+            }
+            Ok(physical)
         })
         .await
     }
