@@ -26,7 +26,7 @@ fn main() -> std::process::ExitCode {
     match code {
         Ok(c) => std::process::ExitCode::from(c.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("ferry: {e:#}");
+            ferry::cli::say(format_args!("ferry: {e:#}"));
             std::process::ExitCode::from(1)
         }
     }

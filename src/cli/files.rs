@@ -1,13 +1,13 @@
 //! `ferry get`, `ferry put` and `ferry ls`.
 
-use super::run::connect;
+use super::run::{self, WaitingStdout, connect};
 use super::{GetArgs, LsArgs, PutArgs};
 use crate::client::Progress;
 use crate::core::checksum::{Md5Stream, digest_reader, hash_reader};
 use crate::core::direct::FileWriter;
 use crate::tcp::messages::FEATURE_MD5_TRAILER;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 /// A progress bar on a terminal; hidden otherwise.
@@ -56,15 +56,9 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
         let pb = bar(&name);
         pb.set_draw_target(ProgressDrawTarget::hidden());
         let (_, out) = client
-            .get(
-                &a.remote,
-                0,
-                Md5Stream::new(),
-                super::run::WaitingStdout,
-                track(&pb),
-            )
+            .get(&a.remote, 0, Md5Stream::new(), WaitingStdout, track(&pb))
             .await?;
-        eprintln!("{}  verified MD5", out.header.md5);
+        say!("{}  verified MD5", out.header.md5);
         return Ok(0);
     }
     // Data lands in `NAME.part` and is renamed once its MD5 matches, so a failed or
@@ -115,7 +109,7 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
             } else {
                 String::new()
             };
-            eprintln!(
+            say!(
                 "{}  {}  ({} bytes{resumed}, MD5 verified)",
                 out.header.md5,
                 local.display(),
@@ -132,7 +126,7 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
                     let _ = f.set_len(offset);
                 }
                 let _ = std::fs::rename(&part, &local);
-                eprintln!(
+                say!(
                     "ferry: {} is not the start of {}; left as it was",
                     local.display(),
                     a.remote
@@ -140,7 +134,7 @@ pub(super) async fn get(a: GetArgs) -> anyhow::Result<i32> {
             } else if mismatch || len == Some(0) {
                 let _ = std::fs::remove_file(&part);
             } else if len.is_some_and(|l| l > offset) {
-                eprintln!(
+                say!(
                     "ferry: partial data kept in {}; rerun with --continue to resume",
                     part.display()
                 );
@@ -182,7 +176,7 @@ pub(super) async fn put(a: PutArgs) -> anyhow::Result<i32> {
     let result = client.put(&remote, file, size, md5, track(&pb)).await;
     pb.finish_and_clear();
     let done = result?;
-    eprintln!(
+    say!(
         "{}  {remote}  ({} bytes, {}, MD5 verified by the server)",
         done.md5,
         done.size,
@@ -194,18 +188,22 @@ pub(super) async fn put(a: PutArgs) -> anyhow::Result<i32> {
 pub(super) async fn ls(a: LsArgs) -> anyhow::Result<i32> {
     let client = connect(&a.conn).await?;
     let entries = client.list(&a.dir).await?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(0);
+    let mut out = std::io::BufWriter::new(WaitingStdout);
+    let written = if a.json {
+        serde_json::to_writer_pretty(&mut out, &entries)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        entries.into_iter().try_for_each(|e| {
+            let slash = if e.kind == "dir" { "/" } else { "" };
+            let md5 = e.md5.as_deref().unwrap_or("-");
+            writeln!(out, "{:>12}  {:32}  {}{slash}", e.size, md5, e.name)
+        })
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        // The reader left (`ferry ls | head -1`): stop quietly, as a program killed by SIGPIPE.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(run::EXIT_BROKEN_PIPE),
+        Err(e) => Err(e.into()),
     }
-    for e in entries {
-        let name = if e.kind == "dir" {
-            format!("{}/", e.name)
-        } else {
-            e.name
-        };
-        let md5 = e.md5.as_deref().unwrap_or("-");
-        println!("{:>12}  {:32}  {}", e.size, md5, name);
-    }
-    Ok(0)
 }

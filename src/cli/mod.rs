@@ -1,7 +1,16 @@
 //! The `ferry` command line: `serve` and the client subcommands.
 
+/// `eprintln!` that never panics: a line to standard error, through [`say`].
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::cli::say(format_args!($($t)*))
+    };
+}
+
 mod files;
 mod run;
+
+pub use run::say;
 
 use crate::config::ServeArgs;
 use clap::{Args, Parser, Subcommand};

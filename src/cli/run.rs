@@ -97,6 +97,14 @@ fn print_output(kind: Kind, bytes: &[u8]) -> ControlFlow<()> {
     }
 }
 
+/// Writes one line to standard error, waiting when a non-blocking descriptor is full. A line
+/// that cannot be written (stderr closed, or a pipe nobody reads) is dropped, where `eprintln!`
+/// would panic and turn the exit code into 101.
+pub fn say(args: std::fmt::Arguments<'_>) {
+    let line = format!("{args}\n");
+    let _ = write_all(std::io::stderr().as_fd(), line.as_bytes());
+}
+
 /// Standard output as a writer that waits when a non-blocking descriptor is full (see
 /// [`write_all`]), where std's `Stdout` fails with `WouldBlock`.
 pub(super) struct WaitingStdout;
@@ -138,7 +146,7 @@ fn report(err: &ClientError) -> i32 {
     if matches!(err, ClientError::Stopped) {
         return EXIT_BROKEN_PIPE;
     }
-    eprintln!("ferry: {err}");
+    say!("ferry: {err}");
     match err.code() {
         Some(Code::Timeout) => EXIT_TIMEOUT,
         _ => EXIT_FERRY_ERROR,
@@ -149,14 +157,14 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     let client = match connect(&a.conn).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            say!("ferry: {e}");
             return Ok(EXIT_FERRY_ERROR);
         }
     };
     let mut env = std::collections::BTreeMap::new();
     for kv in &a.env {
         let Some((k, v)) = kv.split_once('=') else {
-            eprintln!("ferry: --env takes NAME=VALUE, got {kv:?}");
+            say!("ferry: --env takes NAME=VALUE, got {kv:?}");
             return Ok(EXIT_FERRY_ERROR);
         };
         env.insert(k.to_string(), v.to_string());
@@ -174,7 +182,7 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     match client.exec(req, stdin, |k, b| print_output(k, &b)).await {
         Ok(end) => {
             if end.truncated {
-                eprintln!("ferry: output was cut at the server's limit; the command was stopped");
+                say!("ferry: output was cut at the server's limit; the command was stopped");
             }
             Ok(exit_code(&end))
         }
@@ -189,15 +197,16 @@ pub(super) async fn shell(conn: Conn) -> anyhow::Result<i32> {
     let client = match connect(&conn).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            say!("ferry: {e}");
             return Ok(EXIT_FERRY_ERROR);
         }
     };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!(
+        say!(
             "connected to {} (session {}); end with Ctrl-D or `exit`",
-            conn.addr, client.welcome.session
+            conn.addr,
+            client.welcome.session
         );
     }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -239,7 +248,7 @@ pub(super) async fn shell(conn: Conn) -> anyhow::Result<i32> {
         {
             Ok(end) => {
                 last = exit_code(&end);
-                eprintln!("[exit {last}]");
+                say!("[exit {last}]");
             }
             Err(e) => {
                 last = report(&e);
