@@ -7,7 +7,7 @@ use crate::core::files::Files;
 use crate::core::output::{OutputCap, drain, pump};
 use crate::core::registry::new_id;
 use crate::core::sandbox::{self, Confinement, Sandbox};
-use crate::core::simple_command::plain_words;
+use crate::core::simple_command::start_plain;
 use bytes::Bytes;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
@@ -189,18 +189,6 @@ impl Executor {
         &self.limits
     }
 
-    /// Whether a plain line may skip the shell with this request's variables: it names no PWD
-    /// (the shell sets its own), each name is one the shell passes on, and a PATH is set (the
-    /// shell's default search path differs from exec's).
-    fn shell_free_env(&self, env: &BTreeMap<String, String>) -> bool {
-        let shell_name = |k: &str| {
-            k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-        };
-        let path = env.contains_key("PATH") || self.sandbox.env().any(|(k, _)| k == "PATH");
-        path && !env.contains_key("PWD") && env.keys().all(|k| shell_name(k))
-    }
-
     /// Starts a command: audited before it runs, in its own process group, sandboxed.
     pub async fn start(&self, actor: &Actor, req: ExecRequest) -> Result<ExecHandle> {
         actor.require(Action::Exec)?;
@@ -240,33 +228,18 @@ impl Executor {
             .command_started(&id, actor, &line, &cwd_raw)
             .await?;
 
-        let start = |program: &str, args: &[String], env: &BTreeMap<String, String>| {
-            let plan = self.sandbox.plan(program, args, env, &cwd, req.stdin)?;
-            sandbox::spawn(&plan, program)
-        };
         let started = Instant::now();
-        // A line that is one plain command runs without the shell. If it cannot start so, the
-        // shell runs it after all and says why (or runs a script that has no #! line).
+        // A line that is one plain command runs without the shell when it can (else `None`).
         let direct = req
             .cmd
             .as_deref()
-            .and_then(plain_words)
-            .filter(|_| self.shell_free_env(&req.env))
-            .and_then(|words| {
-                // The shell would have set PWD, to the directory's physical path (as `cwd` is).
-                let mut env = req.env.clone();
-                env.insert("PWD".into(), cwd.to_string_lossy().into_owned());
-                let plan = self
-                    .sandbox
-                    .plan(&words[0], &words[1..], &env, &cwd, req.stdin);
-                match plan.map(|p| sandbox::start(&p)) {
-                    Ok(Ok(process)) => Some(Ok(process)),
-                    // It ran, then could not be watched: ferry's own error, no second run.
-                    Ok(Err(e)) if e.ran => Some(Err(sandbox::spawn_error(e, &words[0]))),
-                    _ => None,
-                }
-            });
-        let spawned = direct.unwrap_or_else(|| start(&program, &args, &req.env));
+            .and_then(|line| start_plain(&self.sandbox, line, &req.env, &cwd, req.stdin));
+        let spawned = direct.unwrap_or_else(|| {
+            let plan = self
+                .sandbox
+                .plan(&program, &args, &req.env, &cwd, req.stdin)?;
+            sandbox::spawn(&plan, &program)
+        });
         let mut child = match spawned {
             Ok(c) => c,
             Err(err) => {

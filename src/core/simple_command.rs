@@ -2,6 +2,11 @@
 //! for `bash -c 'cat FILE'`): the shell's fork and start cost about a millisecond, a third of
 //! a short command's round trip.
 
+use crate::core::error::Result;
+use crate::core::sandbox::{self, Confinement, Process};
+use std::collections::BTreeMap;
+use std::path::Path;
+
 /// Words that mean something to `sh` (dash) or to bash when they start a line: builtins and
 /// reserved words. A line starting with one of them is left to the shell, even where a program
 /// of the same name exists (`echo`, `test`, `kill`, `time`): the builtin is what `sh -c` runs.
@@ -36,6 +41,47 @@ pub fn plain_words(line: &str) -> Option<Vec<String>> {
         return None;
     }
     Some(words)
+}
+
+/// Starts `line` without the shell when it is one plain command ([`plain_words`]) and the
+/// request's variables allow it ([`shell_free_env`]). `None` when the shell must run it: the
+/// line needs it, or the program did not start (missing, a script without `#!`), which the
+/// shell then reports, or runs, as it always has.
+pub fn start_plain(
+    sandbox: &Confinement,
+    line: &str,
+    env: &BTreeMap<String, String>,
+    cwd: &Path,
+    stdin: bool,
+) -> Option<Result<Process>> {
+    let words = plain_words(line)?;
+    if !shell_free_env(sandbox, env) {
+        return None;
+    }
+    // The shell would have set PWD, to the directory's physical path (as `cwd` is).
+    let mut env = env.clone();
+    env.insert("PWD".into(), cwd.to_string_lossy().into_owned());
+    let plan = sandbox
+        .plan(&words[0], &words[1..], &env, cwd, stdin)
+        .ok()?;
+    match sandbox::start(&plan) {
+        Ok(process) => Some(Ok(process)),
+        // It ran, then could not be watched: ferry's own error, and no second run.
+        Err(e) if e.ran => Some(Err(sandbox::spawn_error(e, &words[0]))),
+        Err(_) => None,
+    }
+}
+
+/// Whether a plain line may skip the shell with these variables: they name no PWD (the shell
+/// sets its own), each name is one the shell passes on, and a PATH is set (the shell's default
+/// search path differs from exec's).
+fn shell_free_env(sandbox: &Confinement, env: &BTreeMap<String, String>) -> bool {
+    let shell_name = |k: &str| {
+        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let path = env.contains_key("PATH") || sandbox.env().any(|(k, _)| k == "PATH");
+    path && !env.contains_key("PWD") && env.keys().all(|k| shell_name(k))
 }
 
 #[cfg(test)]
