@@ -43,7 +43,7 @@ pub fn principal_of(
                 "unreadable Authorization header: send Authorization: Bearer <token>",
             ));
         };
-        return core.auth.authenticate(peer, Some(token));
+        return core.auth.authenticate_on(peer, token, &conn.proven);
     }
     if let Some(who) = logged_in(logins, headers) {
         if !csrf_ok(method, headers, conn.tls) {

@@ -3,7 +3,7 @@
 
 use crate::core::Core;
 use crate::core::audit::Actor;
-use crate::core::auth::Principal;
+use crate::core::auth::{Principal, Proven};
 use crate::core::registry::{SessionCounters, SessionGuard};
 use crate::http::HttpConfig;
 use crate::listen::{Stream, establish};
@@ -29,6 +29,8 @@ pub struct ConnState {
     pub peer: SocketAddr,
     /// Whether the connection came over TLS (its pages' origin is then `https://`).
     pub tls: bool,
+    /// The bearer token this connection proved.
+    pub proven: Proven,
     session: OnceLock<(Actor, Arc<SessionCounters>)>,
     guard: Mutex<Option<SessionGuard>>,
     opening: tokio::sync::Mutex<()>,
@@ -44,6 +46,7 @@ impl ConnState {
         ConnState {
             peer,
             tls,
+            proven: Proven::default(),
             session: OnceLock::new(),
             guard: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),

@@ -143,18 +143,36 @@ fn push_transfers(q: &mut QueryBuilder<Sqlite>, rows: &[&TransferRow]) {
     q.push_values(rows, |mut b, t| {
         b.push_bind(t.id.clone())
             .push_bind(t.actor.session_id.clone())
-            .push_bind(t.actor.transport)
+            .push_bind(shared(t.actor.transport))
             .push_bind(t.actor.peer.clone())
             .push_bind(t.path.clone())
-            .push_bind(t.direction)
+            .push_bind(shared(t.direction))
             .push_bind(t.size as i64)
             .push_bind(t.bytes as i64)
             .push_bind(t.md5.clone())
             .push_bind(t.expected_md5.clone())
-            .push_bind(t.result)
+            .push_bind(shared(t.result))
             .push_bind(t.started_at)
             .push_bind(t.ended_at);
     });
+}
+
+/// `word` as a shared string, made once per thread: sqlx copies a borrowed string into two
+/// fresh allocations on every bind, and a transfer row has three such words (transport,
+/// direction, result).
+fn shared(word: &'static str) -> Arc<str> {
+    thread_local! {
+        static WORDS: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    WORDS.with_borrow_mut(|words| {
+        if let Some((_, w)) = words.iter().find(|(k, _)| *k == word) {
+            return w.clone();
+        }
+        let w: Arc<str> = word.into();
+        words.push((word, w.clone()));
+        w
+    })
 }
 
 /// Writes a batch in one transaction, then acknowledges those who wait for it. If the

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Failed attempts an address may make in a row.
@@ -30,6 +31,9 @@ struct Bucket {
 #[derive(Debug)]
 pub struct FailureLimiter {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    /// How many buckets `buckets` holds, readable without its lock: with none (no address
+    /// has failed lately), [`Self::peek`] answers at once.
+    tracked: AtomicUsize,
     burst: f64,
     refill: Duration,
 }
@@ -61,6 +65,7 @@ impl FailureLimiter {
     pub fn new(burst: u32, refill: Duration) -> Self {
         FailureLimiter {
             buckets: Mutex::default(),
+            tracked: AtomicUsize::new(0),
             burst: f64::from(burst.max(1)),
             refill,
         }
@@ -89,6 +94,7 @@ impl FailureLimiter {
                 at: now,
             },
         );
+        self.publish(&map);
         Ok(())
     }
 
@@ -99,7 +105,23 @@ impl FailureLimiter {
         if let Some(b) = map.get_mut(&key(ip)) {
             b.left = (self.level(b, now) + 1.0).min(self.burst);
             b.at = now;
+            // A full bucket is as good as none: forget it, so that an address that only ever
+            // succeeds leaves nothing behind.
+            if b.left >= self.burst {
+                map.remove(&key(ip));
+                self.publish(&map);
+            }
         }
+    }
+
+    fn publish(&self, map: &HashMap<IpAddr, Bucket>) {
+        self.tracked.store(map.len(), Ordering::Release);
+    }
+
+    /// How many addresses have a bucket.
+    #[cfg(test)]
+    pub fn tracked(&self) -> usize {
+        self.tracked.load(Ordering::Acquire)
     }
 
     /// Forgets full buckets when the table is full; if still full (failures from very many
@@ -119,11 +141,15 @@ impl FailureLimiter {
                 map.remove(ip);
             }
         }
+        self.publish(map);
     }
 
     /// `Ok` when `ip` may try to authenticate, without taking an attempt; else how long until
     /// it may.
     pub fn peek(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let now = Instant::now();
         let map = self.buckets.lock().unwrap();
         let Some(b) = map.get(&key(ip)) else {
@@ -150,5 +176,6 @@ impl FailureLimiter {
                 at: now,
             },
         );
+        self.publish(&map);
     }
 }

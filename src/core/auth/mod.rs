@@ -6,7 +6,7 @@ mod limit;
 mod token;
 
 pub use limit::{BURST, FailureLimiter, REFILL};
-pub use token::{TOKEN_FILE, generate_token, load_or_create_token, token_digest};
+pub use token::{Proven, TOKEN_FILE, generate_token, load_or_create_token, token_digest};
 
 use crate::core::error::{Code, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -294,11 +294,11 @@ impl Auth {
         }
         let hit = presented.map(|p| self.lookup(p));
         // A missing token is no guess: it is refused without costing an attempt.
-        let limited = match hit {
+        let allowed = match hit {
             None => self.limiter.peek(peer),
             Some(_) => self.limiter.take(peer),
         };
-        match (limited, hit) {
+        match (allowed, hit) {
             (Ok(()), Some(Some(principal))) => {
                 self.limiter.refund(peer);
                 Ok(principal)
@@ -311,15 +311,29 @@ impl Auth {
                 if matches!(hit, Some(None)) {
                     self.limiter.failed(peer);
                 }
-                Err(Error::new(
-                    Code::RateLimited,
-                    format!(
-                        "too many failed authentications from this address; retry in {} s",
-                        wait.as_secs().max(1)
-                    ),
-                ))
+                Err(limited(wait))
             }
         }
+    }
+
+    /// As [`Self::authenticate`], for a connection that sends its token with every request
+    /// (HTTP keep-alive): the token it proved before is recognised without its digest, and is
+    /// refused the same way while the address is limited.
+    pub fn authenticate_on(
+        &self,
+        peer: IpAddr,
+        presented: &str,
+        proven: &Proven,
+    ) -> Result<Arc<Principal>> {
+        if let Some(who) = proven.recall(presented) {
+            self.limiter.peek(peer).map_err(limited)?;
+            return Ok(who);
+        }
+        let who = self.authenticate(peer, Some(presented))?;
+        if !presented.is_empty() {
+            proven.remember(presented, who.clone());
+        }
+        Ok(who)
     }
 
     /// The principal of a token, if it is one of ours. Every entry is compared, in constant
@@ -339,6 +353,17 @@ impl Auth {
     pub fn anonymous(&self) -> Option<Arc<Principal>> {
         self.anonymous.clone()
     }
+}
+
+/// The answer to an address with too many recent failures.
+fn limited(wait: std::time::Duration) -> Error {
+    Error::new(
+        Code::RateLimited,
+        format!(
+            "too many failed authentications from this address; retry in {} s",
+            wait.as_secs().max(1)
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -151,3 +151,46 @@ fn buckets_refill_and_ipv6_counts_by_prefix() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn a_connection_recalls_its_token_but_the_limit_still_holds() {
+    let a = auth(false);
+    let proven = Proven::default();
+    assert!(proven.recall("secret").is_none());
+    let admin = a.authenticate_on(PEER, "secret", &proven).unwrap();
+    assert!(Arc::ptr_eq(&proven.recall("secret").unwrap(), &admin));
+    assert!(proven.recall("secreT").is_none());
+    assert!(proven.recall("secret2").is_none());
+    // Another token on the same connection is its own: bob's is checked and then recalled.
+    let bob = a.authenticate_on(PEER, "bobs-token", &proven).unwrap();
+    assert_eq!(bob.role, Role::Read);
+    assert!(proven.recall("secret").is_none());
+    // Wrong tokens are still wrong on a connection that proved one, and count.
+    for _ in 0..limit::BURST {
+        assert_eq!(
+            a.authenticate_on(PEER, "guess", &proven).unwrap_err().code,
+            Code::Unauthorized
+        );
+    }
+    // The recalled token is refused while the address is limited, as on a new connection.
+    assert_eq!(
+        a.authenticate_on(PEER, "bobs-token", &proven)
+            .unwrap_err()
+            .code,
+        Code::RateLimited
+    );
+}
+
+#[test]
+fn an_address_that_only_succeeds_leaves_no_bucket() {
+    let l = FailureLimiter::new(3, REFILL);
+    l.take(PEER).unwrap();
+    l.refund(PEER);
+    assert_eq!(l.tracked(), 0);
+    // A failure leaves one, which a success does not clear until it has refilled.
+    l.failed(PEER);
+    l.take(PEER).unwrap();
+    l.refund(PEER);
+    assert_eq!(l.tracked(), 1);
+    assert!(l.peek(PEER).is_ok());
+}
