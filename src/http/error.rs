@@ -2,10 +2,9 @@
 
 use crate::core::error::{Code, Error};
 use axum::body::Body;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 use axum::response::IntoResponse;
+use futures_util::future::{BoxFuture, Either};
 use std::convert::Infallible;
 
 /// An error as the HTTP plane answers it.
@@ -92,57 +91,39 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Whether a request announced a body: a `Content-Length` above zero, or a transfer coding.
-pub struct AnnouncedBody(pub bool);
-
-impl<S: Send + Sync> FromRequestParts<S> for AnnouncedBody {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let h = &parts.headers;
-        let sized = h
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'));
-        Ok(AnnouncedBody(
-            sized || h.contains_key(header::TRANSFER_ENCODING),
-        ))
-    }
-}
+/// What [`json_errors`] gives back: the answer as it is, at once, or its JSON rewrite.
+pub type JsonErrors = Either<
+    std::future::Ready<Result<axum::response::Response, Infallible>>,
+    BoxFuture<'static, Result<axum::response::Response, Infallible>>,
+>;
 
 /// Rewrites error answers that did not come from ferry's handlers (an unknown route, a wrong
-/// method, a body over the limit, a rejected JSON body, a timeout) into the JSON error form.
-///
-/// An error answer to a request with a body also says `Connection: close`: the body may be
-/// unread (refused token, path or size), and hyper then closes the connection right after the
-/// answer. Without the header a client keeps the connection for its next request, which fails.
-pub async fn json_errors<B>(
-    AnnouncedBody(had_body): AnnouncedBody,
-    resp: axum::http::Response<B>,
-) -> axum::response::Response
+/// method, a body over the limit, a rejected JSON body, a timeout) into the JSON error form;
+/// every other answer passes at once, with no future of its own to allocate.
+pub fn json_errors<B>(resp: axum::http::Response<B>) -> JsonErrors
 where
     B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let resp = resp.map(axum::body::Body::new);
-    let status = resp.status();
-    let failed = status.is_client_error() || status.is_server_error();
-    let mut resp = rewrite(resp).await;
-    if failed && had_body {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if !needs_rewrite(&resp) {
+        return Either::Left(std::future::ready(Ok(resp)));
     }
-    resp
+    Either::Right(Box::pin(async move { Ok(rewrite(resp).await) }))
 }
 
-async fn rewrite(resp: axum::response::Response) -> axum::response::Response {
+/// An error answer whose body is not JSON yet.
+fn needs_rewrite(resp: &axum::response::Response) -> bool {
     let status = resp.status();
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
+    (status.is_client_error() || status.is_server_error()) && !is_json
+}
+
+async fn rewrite(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
     let (parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text);

@@ -4,7 +4,7 @@
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
@@ -77,9 +77,31 @@ impl HttpBody for Lent {
 /// upload: no token, a stale offset), reads and discards the rest of it first, for at most
 /// [`LINGER_FOR`] and [`LINGER_BYTES`]. Not after a timeout, when the client waits for
 /// `100 Continue` before it sends, when the body is bigger than that, or when the body itself
-/// failed. A request
-/// without a body costs nothing more.
+/// failed. A request without a body costs nothing more.
+///
+/// An error answer to a request that announced a body also says `Connection: close`: the body
+/// may still be partly unread, and hyper then closes the connection right after the answer.
+/// Without the header a client keeps the connection for its next request, which fails.
 pub async fn linger(req: Request, next: Next) -> Response {
+    let had_body = announces_body(req.headers());
+    let mut resp = drain_refused(req, next).await;
+    let status = resp.status();
+    if had_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Whether a request announced a body: a `Content-Length` above zero, or a transfer coding.
+fn announces_body(h: &HeaderMap) -> bool {
+    let sized = h
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'));
+    sized || h.contains_key(header::TRANSFER_ENCODING)
+}
+
+async fn drain_refused(req: Request, next: Next) -> Response {
     if req.body().is_end_stream() || req.body().size_hint().lower() > LINGER_BYTES {
         return next.run(req).await;
     }

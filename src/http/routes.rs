@@ -163,7 +163,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         // Outside the concurrency limit: reading a refused body holds no request slot.
         .layer(axum::middleware::from_fn(linger::linger))
         .layer(overload)
-        .layer(axum::middleware::map_response(
+        .layer(tower::util::AndThenLayer::new(
             error::json_errors::<tower_http::limit::ResponseBody<axum::body::Body>>,
         ))
         .layer(RequestBodyLimitLayer::new(
