@@ -36,9 +36,21 @@ pub struct Entry {
 /// opens, listings and commands.
 pub const MAX_TRANSFERS: usize = 256;
 
-/// Confined access to the served root, shared by every transport.
+/// Confined access to the served root, shared by every transport. A clone is one counter
+/// increment: every download holds one, and each shared counter touched per request is a cache
+/// line the workers pass back and forth.
 #[derive(Clone)]
-pub struct Files {
+pub struct Files(Arc<FilesParts>);
+
+impl std::ops::Deref for Files {
+    type Target = FilesParts;
+    fn deref(&self) -> &FilesParts {
+        &self.0
+    }
+}
+
+/// What [`Files`] holds.
+pub struct FilesParts {
     pub(crate) dir: Arc<Dir>,
     transfers: Arc<tokio::sync::Semaphore>,
     root_path: Arc<Path>,
@@ -70,7 +82,7 @@ impl Files {
         std::fs::create_dir_all(root)?;
         let root_path = root.canonicalize()?;
         let dir = Dir::open_ambient_dir(&root_path, ambient_authority())?;
-        Ok(Files {
+        Ok(Files(Arc::new(FilesParts {
             dir: Arc::new(dir),
             transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS)),
             root_path: root_path.into(),
@@ -78,7 +90,7 @@ impl Files {
             audit,
             registry,
             memory_devices: Arc::default(),
-        })
+        })))
     }
 
     /// A slot for one transfer, or `busy` when [`MAX_TRANSFERS`] are running.

@@ -87,12 +87,16 @@ struct Inner {
     checks: VecDeque<CheckInfo>,
 }
 
-/// The registry of live sessions and transfers; cheap to clone.
+/// The registry of live sessions and transfers; a clone is one counter increment (every
+/// transfer's handle holds one).
 #[derive(Clone)]
-pub struct Registry {
-    inner: Arc<Mutex<Inner>>,
+pub struct Registry(Arc<Shared>);
+
+/// What every clone of a [`Registry`] shares.
+struct Shared {
+    inner: Mutex<Inner>,
     events: broadcast::Sender<RegistryEvent>,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 impl Default for Registry {
@@ -105,34 +109,34 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(1024);
-        Registry {
-            inner: Arc::default(),
+        Registry(Arc::new(Shared {
+            inner: Mutex::default(),
             events,
-            metrics: Arc::default(),
-        }
+            metrics: Metrics::default(),
+        }))
     }
 
     /// The server's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.0.metrics
     }
 
     /// Subscribes to change events (a lagging receiver loses the oldest).
     pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
-        self.events.subscribe()
+        self.0.events.subscribe()
     }
 
     /// Sends the event `ev` builds, when anyone listens (else it is not even built).
     fn emit(&self, ev: impl FnOnce() -> RegistryEvent) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(ev());
+        if self.0.events.receiver_count() > 0 {
+            let _ = self.0.events.send(ev());
         }
     }
 
     /// Registers a session; it is removed when the returned guard drops.
     pub fn open_session(&self, actor: &Actor) -> SessionGuard {
         let counters = Arc::new(SessionCounters {
-            totals: self.metrics.session_opened(actor.transport),
+            totals: self.0.metrics.session_opened(actor.transport),
             ..SessionCounters::default()
         });
         let info = SessionInfo {
@@ -146,7 +150,7 @@ impl Registry {
             bytes_out: 0,
             current: None,
         };
-        self.inner.lock().unwrap().sessions.insert(
+        self.0.inner.lock().unwrap().sessions.insert(
             info.id.clone(),
             LiveSession {
                 info: info.clone(),
@@ -164,14 +168,14 @@ impl Registry {
 
     /// Sets what a session is doing now.
     pub fn set_current(&self, session_id: &str, current: Option<String>) {
-        if let Some(s) = self.inner.lock().unwrap().sessions.get_mut(session_id) {
+        if let Some(s) = self.0.inner.lock().unwrap().sessions.get_mut(session_id) {
             s.info.current = current;
         }
     }
 
     /// The live sessions.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.0.inner.lock().unwrap();
         let mut v: Vec<_> = inner
             .sessions
             .values()
@@ -209,7 +213,7 @@ impl Registry {
             started_at: now_ms(),
             ended_at: None,
         };
-        self.inner.lock().unwrap().transfers.insert(
+        self.0.inner.lock().unwrap().transfers.insert(
             info.id.clone(),
             LiveTransfer {
                 info: info.clone(),
@@ -227,7 +231,7 @@ impl Registry {
 
     /// Active transfers, then recent finished ones (newest first).
     pub fn transfers(&self) -> Vec<TransferInfo> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.0.inner.lock().unwrap();
         let mut v: Vec<_> = inner.transfers.values().map(snapshot).collect();
         v.sort_by_key(|t| t.started_at);
         v.extend(inner.recent.iter().rev().cloned());
@@ -237,10 +241,10 @@ impl Registry {
     /// Records an MD5 check (and counts a mismatch).
     pub fn record_check(&self, check: CheckInfo) {
         if check.result != "ok" {
-            self.metrics.mismatch(check.transport);
+            self.0.metrics.mismatch(check.transport);
         }
         {
-            let mut inner = self.inner.lock().unwrap();
+            let mut inner = self.0.inner.lock().unwrap();
             if inner.checks.len() == RECENT_CHECKS {
                 inner.checks.pop_front();
             }
@@ -251,7 +255,8 @@ impl Registry {
 
     /// Recent MD5 checks, newest first.
     pub fn checks(&self) -> Vec<CheckInfo> {
-        self.inner
+        self.0
+            .inner
             .lock()
             .unwrap()
             .checks
@@ -263,7 +268,7 @@ impl Registry {
 
     fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<Arc<str>>) {
         let info = {
-            let mut inner = self.inner.lock().unwrap();
+            let mut inner = self.0.inner.lock().unwrap();
             let Some(t) = inner.transfers.remove(id) else {
                 return;
             };
@@ -314,12 +319,13 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry
+            .0
             .inner
             .lock()
             .unwrap()
             .sessions
             .remove(&self.id);
-        self.registry.metrics.session_closed(self.transport);
+        self.registry.0.metrics.session_closed(self.transport);
         self.registry.emit(|| RegistryEvent::SessionEnded {
             id: self.id.clone(),
         });
