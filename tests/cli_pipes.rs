@@ -54,3 +54,16 @@ async fn an_error_message_into_a_closed_pipe_keeps_the_exit_code() {
     let args = ["put", "--addr", "127.0.0.1:1", "/no/such/file-ferry"].map(String::from);
     assert_eq!(exit_code(args.to_vec(), false).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_token_into_a_closed_pipe_stops_as_if_by_sigpipe() {
+    let args = ["token", "new", "--role", "read"].map(String::from);
+    assert_eq!(exit_code(args.to_vec(), true).await, 128 + 13);
+    // Into a pipe that is read, the same command prints the token and exits 0.
+    let out = Command::new(FERRY)
+        .args(["token", "new", "--role", "read"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 4);
+}

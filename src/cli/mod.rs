@@ -65,10 +65,12 @@ pub struct TokenNewArgs {
     pub name: Option<String>,
 }
 
-/// Prints a fresh token for `a` and its config line.
-pub fn token_new(a: &TokenNewArgs) -> anyhow::Result<()> {
+/// Prints a fresh token for `a` and its config line, in one write; 141 when the reader of
+/// standard output is gone (as `ferry ls`).
+pub fn token_new(a: &TokenNewArgs) -> anyhow::Result<i32> {
     use crate::config::file::{token_line, valid_name};
     use crate::core::auth::{generate_token, token_digest};
+    use std::io::Write;
     let token = generate_token();
     let digest = token_digest(&token);
     let name = match &a.name {
@@ -79,14 +81,19 @@ pub fn token_new(a: &TokenNewArgs) -> anyhow::Result<()> {
         valid_name(&name),
         "--name {name:?}: use letters, digits, '_' and '-' (at most 64), not anonymous or legacy"
     );
-    println!(
-        "# The token of {name:?} (role {}): give it to its user; ferry keeps only its hash.",
-        a.role
+    let text = format!(
+        "# The token of {name:?} (role {}): give it to its user; ferry keeps only its hash.\n\
+         {token}\n\
+         # Add this line under [tokens] in the config file, then restart ferry:\n\
+         {}\n",
+        a.role,
+        token_line(&name, a.role, &digest)
     );
-    println!("{token}");
-    println!("# Add this line under [tokens] in the config file, then restart ferry:");
-    println!("{}", token_line(&name, a.role, &digest));
-    Ok(())
+    match run::WaitingStdout.write_all(text.as_bytes()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(run::EXIT_BROKEN_PIPE),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where the server is and how to authenticate.
@@ -178,7 +185,7 @@ pub struct LsArgs {
 pub async fn run_client(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Serve(_) => unreachable!("serve is started by main"),
-        Command::Token(TokenCommand::New(a)) => token_new(&a).map(|_| 0),
+        Command::Token(TokenCommand::New(a)) => token_new(&a),
         Command::Exec(a) => run::exec(a).await,
         Command::Shell(c) => run::shell(c).await,
         Command::Get(a) => files::get(a).await,
