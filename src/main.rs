@@ -5,13 +5,28 @@ use ferry::cli::{Cli, Command};
 use ferry::config::ServeArgs;
 use tokio_util::sync::CancellationToken;
 
+/// The server's runtime: one async worker per core but one (at least one). The core left over
+/// runs what ferry does off the workers (the disk thread, the MD5 of uploads, the audit store's
+/// SQLite thread, terminal readers) and, on a small machine, the clients beside it: on 2 cores
+/// a second worker only contended with them, and the 1 KiB load ran 10% faster with one.
+/// `TOKIO_WORKER_THREADS` sets another number.
+fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        b.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    b.build()
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     ferry::memory::keep_while_busy();
     // A client drives one connection: one thread does it (with the blocking pool beside it for
     // disk and MD5), and starts faster than a pool of workers.
     let rt = match cli.command {
-        Command::Serve(_) => tokio::runtime::Runtime::new(),
+        Command::Serve(_) => server_runtime(),
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),

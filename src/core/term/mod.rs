@@ -282,9 +282,10 @@ impl Terminals {
                 owner: actor.user().to_string(),
             },
         );
-        let reader = inner
-            .tasks
-            .spawn(read_loop(session.clone(), read_half, recorder));
+        let reader = Reader::start(
+            &inner.tasks,
+            read_loop(session.clone(), read_half, recorder),
+        );
         let this = self.clone();
         let s2 = session.clone();
         inner.tasks.spawn(async move {
@@ -371,6 +372,30 @@ impl Terminals {
 
 /// The tasks of one session besides its supervisor.
 struct Tasks {
-    reader: tokio::task::JoinHandle<()>,
+    reader: Reader,
     recorder: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A session's PTY reader, on a thread of its own (from the blocking pool): a terminal's
+/// output then keeps its pace whatever else the async workers have to do.
+struct Reader {
+    done: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Reader {
+    fn start(tasks: &TaskTracker, reading: impl Future<Output = ()> + Send + 'static) -> Reader {
+        let stop = CancellationToken::new();
+        let runtime = tokio::runtime::Handle::current();
+        let stopped = stop.clone();
+        let done = tasks.spawn_blocking(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = reading => {}
+                    () = stopped.cancelled() => {}
+                }
+            });
+        });
+        Reader { done, stop }
+    }
 }

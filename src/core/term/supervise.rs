@@ -47,12 +47,12 @@ impl Terminals {
             tokio::time::sleep(DRAIN).await;
         };
         let drained = tokio::select! {
-            _ = &mut tasks.reader => true,
+            _ = &mut tasks.reader.done => true,
             _ = drain => false,
         };
         if !drained {
-            tasks.reader.abort();
-            let _ = (&mut tasks.reader).await;
+            tasks.reader.stop.cancel();
+            let _ = (&mut tasks.reader.done).await;
         }
         session.close_input();
         use std::os::unix::process::ExitStatusExt;
