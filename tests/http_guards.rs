@@ -132,6 +132,23 @@ async fn the_request_limit_is_shared_by_all_routes() {
         code(resp).await,
         (StatusCode::SERVICE_UNAVAILABLE, "busy".into())
     );
+    // Refused with its body unread, an upload's answer also closes the connection, so that the
+    // client does not send its next request after the rest of this body.
+    let resp = web
+        .put(s.url("/files/while-busy.txt"))
+        .body("some data")
+        .send()
+        .await
+        .unwrap();
+    let connection = resp.headers().get("connection").cloned();
+    assert_eq!(
+        code(resp).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "busy".into())
+    );
+    assert_eq!(
+        connection.as_ref().and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut w = writer;

@@ -3,7 +3,8 @@
 
 use crate::core::audit::{Actor, CommandEnd, DigestRow, TransferRow, now_ms};
 use futures_util::FutureExt;
-use sqlx::{Acquire, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Acquire, Arguments, QueryBuilder, Sqlite, SqlitePool};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -114,7 +115,8 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 const TRANSFER_ROWS: usize = 64;
 
 /// Writes transfer rows with few statements: chunks of 64, 32, ... 1 rows, so that at most seven
-/// statement shapes are ever prepared and cached.
+/// statement shapes are ever prepared and cached. Each shape's text is built once, and the rows'
+/// values go straight into the arguments (a `QueryBuilder` formats a placeholder per value).
 async fn insert_transfers(
     tx: &mut sqlx::SqliteConnection,
     rows: &mut Vec<&TransferRow>,
@@ -124,36 +126,101 @@ async fn insert_transfers(
         let n = 1 << rest.len().min(TRANSFER_ROWS).ilog2();
         let (chunk, after) = rest.split_at(n);
         rest = after;
-        let mut q = QueryBuilder::new("");
-        push_transfers(&mut q, chunk);
-        q.build().execute(&mut *tx).await?;
+        let mut args = SqliteArguments::default();
+        for t in chunk {
+            bind_transfer!(t, |v| args.add(v).map_err(sqlx::Error::Encode)?);
+        }
+        sqlx::query_with(transfer_insert(n), args)
+            .execute(&mut *tx)
+            .await?;
     }
     rows.clear();
     Ok(())
 }
 
+const TRANSFER_COLUMNS: &str = "INSERT INTO transfers (id, session_id, transport, peer, path, \
+     direction, size, bytes, md5, expected_md5, result, started_at, ended_at) ";
+
+/// The INSERT of `rows` transfer rows (a power of two up to [`TRANSFER_ROWS`]).
+fn transfer_insert(rows: usize) -> &'static str {
+    static SHAPES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        (0..=TRANSFER_ROWS.ilog2())
+            .map(|k| {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                format!("{TRANSFER_COLUMNS}VALUES {}", vec![row; 1 << k].join(", "))
+            })
+            .collect()
+    });
+    &SHAPES[rows.ilog2() as usize]
+}
+
+/// Binds a transfer row's values in column order, each with `$bind` (as `$v`). Shared strings
+/// are bound as clones of their `Arc`: sqlx allocates a copy of a borrowed string on every
+/// bind, while an owned `Arc<str>` is handed over with a refcount bump.
+macro_rules! bind_transfer {
+    ($t:expr, |$v:ident| $bind:expr) => {{
+        let t: &TransferRow = $t;
+        {
+            let $v = t.id.clone();
+            $bind;
+        }
+        {
+            let $v = t.actor.session_id.clone();
+            $bind;
+        }
+        {
+            let $v = shared(t.actor.transport);
+            $bind;
+        }
+        {
+            let $v = t.actor.peer.clone();
+            $bind;
+        }
+        {
+            let $v = t.path.clone();
+            $bind;
+        }
+        {
+            let $v = shared(t.direction);
+            $bind;
+        }
+        {
+            let $v = t.size as i64;
+            $bind;
+        }
+        {
+            let $v = t.bytes as i64;
+            $bind;
+        }
+        {
+            let $v = t.md5.clone();
+            $bind;
+        }
+        {
+            let $v = t.expected_md5.clone();
+            $bind;
+        }
+        {
+            let $v = shared(t.result);
+            $bind;
+        }
+        {
+            let $v = t.started_at;
+            $bind;
+        }
+        {
+            let $v = t.ended_at;
+            $bind;
+        }
+    }};
+}
+use bind_transfer;
+
 /// Appends one INSERT of `rows` into `transfers`.
 fn push_transfers(q: &mut QueryBuilder<Sqlite>, rows: &[&TransferRow]) {
-    q.push(
-        "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, bytes, \
-         md5, expected_md5, result, started_at, ended_at) ",
-    );
-    // Shared strings are bound as clones of their `Arc`: sqlx allocates a copy of a borrowed
-    // string on every bind, while an owned `Arc<str>` is handed over with a refcount bump.
+    q.push(TRANSFER_COLUMNS);
     q.push_values(rows, |mut b, t| {
-        b.push_bind(t.id.clone())
-            .push_bind(t.actor.session_id.clone())
-            .push_bind(shared(t.actor.transport))
-            .push_bind(t.actor.peer.clone())
-            .push_bind(t.path.clone())
-            .push_bind(shared(t.direction))
-            .push_bind(t.size as i64)
-            .push_bind(t.bytes as i64)
-            .push_bind(t.md5.clone())
-            .push_bind(t.expected_md5.clone())
-            .push_bind(shared(t.result))
-            .push_bind(t.started_at)
-            .push_bind(t.ended_at);
+        bind_transfer!(t, |v| b.push_bind(v));
     });
 }
 

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use supervise::Reader;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -374,28 +375,4 @@ impl Terminals {
 struct Tasks {
     reader: Reader,
     recorder: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// A session's PTY reader, on a thread of its own (from the blocking pool): a terminal's
-/// output then keeps its pace whatever else the async workers have to do.
-struct Reader {
-    done: tokio::task::JoinHandle<()>,
-    stop: CancellationToken,
-}
-
-impl Reader {
-    fn start(tasks: &TaskTracker, reading: impl Future<Output = ()> + Send + 'static) -> Reader {
-        let stop = CancellationToken::new();
-        let runtime = tokio::runtime::Handle::current();
-        let stopped = stop.clone();
-        let done = tasks.spawn_blocking(move || {
-            runtime.block_on(async move {
-                tokio::select! {
-                    () = reading => {}
-                    () = stopped.cancelled() => {}
-                }
-            });
-        });
-        Reader { done, stop }
-    }
 }

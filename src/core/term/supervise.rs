@@ -8,6 +8,8 @@ use crate::core::term::{DRAIN, Tasks, Terminals};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 impl Terminals {
     /// Waits for the shell's end (exit, grace or idle timeout, shutdown), kills what is left of
@@ -116,5 +118,40 @@ impl Terminals {
                 error: error.map(|e| e.code.as_str().to_string()),
             })
             .await;
+    }
+}
+
+/// A session's PTY reader, on a thread of its own (from the blocking pool): a terminal's
+/// output then keeps its pace whatever else the async workers have to do.
+pub(super) struct Reader {
+    pub(super) done: tokio::task::JoinHandle<()>,
+    pub(super) stop: CancellationToken,
+}
+
+impl Reader {
+    pub(super) fn start(
+        tasks: &TaskTracker,
+        reading: impl Future<Output = ()> + Send + 'static,
+    ) -> Reader {
+        let stop = CancellationToken::new();
+        let runtime = tokio::runtime::Handle::current();
+        let stopped = stop.clone();
+        let done = tasks.spawn_blocking(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = reading => {}
+                    () = stopped.cancelled() => {}
+                }
+            });
+        });
+        Reader { done, stop }
+    }
+}
+
+impl Drop for Reader {
+    /// A reader outlives nothing that owns it: were its supervisor dropped (a panic, or a
+    /// runtime going away), its thread would otherwise wait on a paused session for ever.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
