@@ -11,7 +11,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod writer;
-use writer::{Event, writer};
+use writer::Event;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -158,7 +158,7 @@ impl Audit {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
         let urgent = Arc::new(Notify::new());
-        let writer = tokio::spawn(writer(pool.clone(), rx, urgent.clone()));
+        let writer = writer::start(pool.clone(), rx, urgent.clone())?;
         Ok((Audit { pool, tx, urgent }, writer))
     }
 

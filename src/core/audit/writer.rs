@@ -35,6 +35,30 @@ pub(super) enum Event {
     Close(oneshot::Sender<()>),
 }
 
+/// Starts [`writer`] on a thread of its own, with a runtime of its own: building each batch's
+/// statements then takes nothing from the async workers that serve requests, and its timer
+/// outlives theirs. The handle ends when the writer does (every sender gone, or `Close`).
+pub(super) fn start(
+    pool: SqlitePool,
+    rx: mpsc::Receiver<Event>,
+    urgent: Arc<Notify>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let (done, ended) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ferry-audit".into())
+        .spawn(move || {
+            runtime.block_on(writer(pool, rx, urgent));
+            let _ = done.send(());
+        })?;
+    // Whether the thread returned or panicked, the sender is gone once it has stopped.
+    Ok(tokio::spawn(async move {
+        let _ = ended.await;
+    }))
+}
+
 /// Writes batches until every sender is gone, on a connection of its own (whose page cache
 /// stays warm). Rows nobody waits for wait up to [`LINGER`] for company, cut short by `urgent`
 /// (someone awaits a row): under load one wake-up and one transaction then carry many rows,
