@@ -35,7 +35,6 @@ pub fn new_id() -> String {
             Some(fresh.max(last + 1))
         })
         .expect("the closure always gives a value");
-    // The same 16 digits as `{:016x}`, without the formatting machinery.
     hex::encode(fresh.max(prev + 1).to_be_bytes())
 }
 
