@@ -14,8 +14,8 @@ const TRIM_FROM: usize = 1 << 20;
 /// Most arenas: one per core, for the runtime's workers and the threads beside them (disk, MD5,
 /// SQLite; glibc's default is eight per core). Each arena keeps its free top (up to
 /// [`TRIM_FROM`]) after `malloc_trim`, so every extra arena is memory the server keeps once
-/// quiet. Measured on 2 cores only: 2 arenas held
-/// RSS after the 1 KiB load 0.8 MB lower at the same requests/s; 1 arena cost a fifth of them.
+/// quiet. Measured on 2 cores only: 2 arenas held RSS after the 1 KiB load 0.8 MB lower at the
+/// same requests/s; 1 arena cost a fifth of them.
 /// `None` when the operator chose a number (`MALLOC_ARENA_MAX`, or glibc's tunable): theirs
 /// stands.
 #[cfg(target_env = "gnu")]

@@ -112,6 +112,11 @@ where
     Either::Right(Box::pin(async move { Ok(rewrite(resp).await) }))
 }
 
+/// Whether an answer says the request failed (a 4xx or 5xx status).
+pub fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
 /// An error answer whose body is not JSON yet.
 fn needs_rewrite(resp: &axum::response::Response) -> bool {
     let status = resp.status();
@@ -119,7 +124,7 @@ fn needs_rewrite(resp: &axum::response::Response) -> bool {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    (status.is_client_error() || status.is_server_error()) && !is_json
+    is_error(status) && !is_json
 }
 
 async fn rewrite(resp: axum::response::Response) -> axum::response::Response {

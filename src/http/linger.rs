@@ -2,6 +2,7 @@
 //! sending it gets the answer rather than a connection reset (as nginx's lingering close does,
 //! though nginx answers first and reads after).
 
+use crate::http::error::is_error;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -85,8 +86,7 @@ impl HttpBody for Lent {
 pub async fn linger(req: Request, next: Next) -> Response {
     let had_body = announces_body(req.headers());
     let mut resp = drain_refused(req, next).await;
-    let status = resp.status();
-    if had_body && (status.is_client_error() || status.is_server_error()) {
+    if had_body && is_error(resp.status()) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -118,8 +118,7 @@ async fn drain_refused(req: Request, next: Next) -> Response {
         .run(Request::from_parts(parts, Body::new(Lent(lent.clone()))))
         .await;
     let status = resp.status();
-    let failed = status.is_client_error() || status.is_server_error();
-    if !failed || status == StatusCode::REQUEST_TIMEOUT {
+    if !is_error(status) || status == StatusCode::REQUEST_TIMEOUT {
         return resp;
     }
     // Only a body no one holds any more: an answer still streaming may be reading it.
