@@ -156,7 +156,7 @@ pub async fn audit(
 pub async fn events(
     State(core): State<Core>,
     axum::Extension(actor): axum::Extension<Actor>,
-    axum::Extension(Shutdown(stop)): axum::Extension<Shutdown>,
+    State(Shutdown(stop)): State<Shutdown>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rx = core.registry.subscribe();
     let who = actor.principal.clone();

@@ -90,7 +90,7 @@ pub fn csrf_ok(method: &Method, headers: &HeaderMap, tls: bool) -> bool {
 /// connection's session [`Actor`](crate::core::audit::Actor) acting as the request's principal.
 pub async fn require_token(
     State(core): State<Core>,
-    axum::Extension(logins): axum::Extension<Logins>,
+    State(logins): State<Logins>,
     mut req: Request,
     next: Next,
 ) -> Response {

@@ -7,7 +7,6 @@ use crate::core::auth::{Principal, Proven};
 use crate::core::registry::{SessionCounters, SessionGuard};
 use crate::http::HttpConfig;
 use crate::listen::{Stream, establish};
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
 use std::net::SocketAddr;
@@ -168,7 +167,7 @@ pub(super) async fn accept_loop(
     core: Core,
     cfg: HttpConfig,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    app: impl crate::http::routes::App,
     listener: TcpListener,
     (shutdown, kill, tracker): (CancellationToken, CancellationToken, TaskTracker),
 ) {

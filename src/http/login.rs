@@ -153,7 +153,7 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
 /// 204 or a 401 error.
 pub async fn login(
     State(core): State<Core>,
-    axum::Extension(logins): axum::Extension<Logins>,
+    State(logins): State<Logins>,
     axum::Extension(conn): axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
     body: Body,
@@ -202,10 +202,7 @@ pub async fn login(
 }
 
 /// `POST /logout`: forgets the login and clears the cookie; redirects to the login page.
-pub async fn logout(
-    axum::Extension(logins): axum::Extension<Logins>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn logout(State(logins): State<Logins>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie_id(&headers) {
         logins.remove(id);
     }

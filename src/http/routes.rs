@@ -65,7 +65,7 @@ pub const PUBLIC: &[&str] = &[
     "/assets/{*path}",
 ];
 
-fn at(router: Router<Core>, path: &'static str, methods: MethodRouter<Core>) -> Router<Core> {
+fn at(router: Router<Web>, path: &'static str, methods: MethodRouter<Web>) -> Router<Web> {
     assert!(
         ROUTES.iter().any(|(_, p)| *p == path),
         "route {path} is missing from ROUTES and the OpenAPI document"
@@ -77,8 +77,70 @@ fn at(router: Router<Core>, path: &'static str, methods: MethodRouter<Core>) -> 
 #[derive(Clone)]
 pub struct Shutdown(pub tokio_util::sync::CancellationToken);
 
-/// The whole HTTP application for `core`.
-pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
+/// What the handlers share: the core and the HTTP transport's own state. Each part is its own
+/// `State` (by `FromRef`), so that no request carries copies of them in its extensions.
+#[derive(Clone)]
+pub struct Web {
+    core: Core,
+    origins: term::AllowedOrigins,
+    logins: Logins,
+    shutdown: Shutdown,
+}
+
+macro_rules! part_of_web {
+    ($($field:ident: $ty:ty),*) => {$(
+        impl axum::extract::FromRef<Web> for $ty {
+            fn from_ref(web: &Web) -> $ty {
+                web.$field.clone()
+            }
+        }
+    )*};
+}
+part_of_web!(core: Core, origins: term::AllowedOrigins, logins: Logins, shutdown: Shutdown);
+
+/// What a connection hands each request to: the route table inside its layers.
+pub trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::http::Response<Self::Body>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The answers' body.
+    type Body: axum::body::HttpBody<Data = bytes::Bytes, Error: Into<axum::BoxError>>
+        + Send
+        + 'static;
+}
+
+impl<S, B> App for S
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::http::Response<B>,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    B: axum::body::HttpBody<Data = bytes::Bytes, Error: Into<axum::BoxError>> + Send + 'static,
+{
+    type Body = B;
+}
+
+/// The whole HTTP application for `core`: the layers wrap the route table directly, with no
+/// router around them (one would match every request against no route, then box its future).
+pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
+    let web = Web {
+        core,
+        origins: term::AllowedOrigins(Arc::new(cfg.allowed_origins.clone())),
+        logins: Logins::new(LOGIN_TTL, cfg.secure_cookies),
+        shutdown,
+    };
     // Requests that move files or run commands take as long as they take; the rest are bounded.
     let mut bounded = Router::new();
     for (path, methods) in [
@@ -122,7 +184,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     let authed = bounded
         .merge(long)
         .route_layer(axum::middleware::from_fn_with_state(
-            core.clone(),
+            web.clone(),
             auth::require_token,
         ));
     let mut open = Router::new();
@@ -141,7 +203,6 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         StatusCode::REQUEST_TIMEOUT,
         cfg.request_timeout,
     ));
-    let logins = Logins::new(LOGIN_TTL, cfg.secure_cookies);
     // `Router::layer` wraps every route on its own, so the limit shares one semaphore across
     // them. A request holds its slot until its answer's headers are out; streamed bodies
     // (downloads, NDJSON, events) are bounded by the core's transfer and exec limits instead.
@@ -155,10 +216,10 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
     let inner = authed
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
-        .with_state(core);
+        .with_state(web);
     // The layers wrap the whole router once: `Router::layer` would wrap every route on its
     // own, and each request would then clone and box the stack of its route, layer by layer.
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         // Outside the concurrency limit: reading a refused body holds no request slot.
         .layer(axum::middleware::from_fn(linger::linger))
@@ -173,13 +234,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> Router {
         // which then drops its temp file and frees its slot.
         .layer(RequestBodyTimeoutLayer::new(cfg.idle_timeout))
         .layer(DefaultBodyLimit::max(16 << 20))
-        .layer(axum::Extension(term::AllowedOrigins(Arc::new(
-            cfg.allowed_origins.clone(),
-        ))))
-        .layer(axum::Extension(logins))
-        .layer(axum::Extension(shutdown))
-        .service(inner);
-    Router::new().fallback_service(stack)
+        .service(inner)
 }
 
 #[cfg(test)]

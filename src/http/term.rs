@@ -48,7 +48,7 @@ enum Control {
 /// `GET /term/ws`: upgrades to a WebSocket on a new or resumed shell.
 pub async fn ws(
     State(core): State<Core>,
-    axum::Extension(allowed): axum::Extension<AllowedOrigins>,
+    State(allowed): State<AllowedOrigins>,
     axum::Extension(conn): axum::Extension<Arc<ConnState>>,
     axum::Extension(actor): axum::Extension<Actor>,
     headers: HeaderMap,

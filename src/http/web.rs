@@ -86,14 +86,14 @@ fn authenticated(core: &Core, logins: &Logins, conn: &ConnState, headers: &Heade
 /// The extractors a page needs to tell whether its visitor is logged in.
 type Visitor = (
     State<Core>,
-    axum::Extension<Logins>,
+    State<Logins>,
     axum::Extension<Arc<ConnState>>,
     HeaderMap,
 );
 
 /// `body` for a logged-in visitor, else a redirect to `login`.
 fn gated(v: Visitor, body: &'static str, login: &'static str) -> Response {
-    let (State(core), axum::Extension(logins), axum::Extension(conn), headers) = v;
+    let (State(core), State(logins), axum::Extension(conn), headers) = v;
     if !authenticated(&core, &logins, &conn, &headers) {
         return Redirect::to(login).into_response();
     }
@@ -103,7 +103,7 @@ fn gated(v: Visitor, body: &'static str, login: &'static str) -> Response {
 /// `GET /`: the UI, or a redirect to the login page.
 pub async fn index(
     core: State<Core>,
-    logins: axum::Extension<Logins>,
+    logins: State<Logins>,
     conn: axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
 ) -> Response {
@@ -113,7 +113,7 @@ pub async fn index(
 /// `GET /term`: a full-window terminal, or a redirect to the login page.
 pub async fn term(
     core: State<Core>,
-    logins: axum::Extension<Logins>,
+    logins: State<Logins>,
     conn: axum::Extension<Arc<ConnState>>,
     headers: HeaderMap,
 ) -> Response {
