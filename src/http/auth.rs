@@ -8,11 +8,14 @@ use crate::http::ApiError;
 use crate::http::conn::ConnState;
 use crate::http::login::{Logins, logged_in};
 use crate::http::origin::same_origin;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
 
 /// The header a browser page sends on requests that change state, proving it is same-origin:
 /// a cross-site page cannot set it without a CORS preflight, which ferry never grants.
@@ -86,24 +89,80 @@ pub fn csrf_ok(method: &Method, headers: &HeaderMap, tls: bool) -> bool {
     same_origin == Some(true) || json || headers.contains_key(X_FERRY)
 }
 
+/// Wraps a route in [`RequireToken`].
+#[derive(Clone)]
+pub struct RequireTokenLayer {
+    core: Core,
+    logins: Logins,
+}
+
+impl RequireTokenLayer {
+    /// Checks requests against `core`'s tokens and the browser `logins`.
+    pub fn new(core: Core, logins: Logins) -> RequireTokenLayer {
+        RequireTokenLayer { core, logins }
+    }
+}
+
+impl<S> Layer<S> for RequireTokenLayer {
+    type Service = RequireToken<S>;
+
+    fn layer(&self, inner: S) -> RequireToken<S> {
+        RequireToken {
+            inner,
+            core: self.core.clone(),
+            logins: self.logins.clone(),
+        }
+    }
+}
+
 /// Authenticates every request (see [`principal_of`]); on success the request carries the
 /// connection's session [`Actor`](crate::core::audit::Actor) acting as the request's principal.
-pub async fn require_token(
-    State(core): State<Core>,
-    State(logins): State<Logins>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(conn) = req.extensions().get::<Arc<ConnState>>().cloned() else {
-        return ApiError::new(Code::Internal, "request without a connection").into_response();
-    };
-    let who = match principal_of(&core, &logins, &conn, req.method(), req.headers()) {
-        Ok(who) => who,
-        Err(e) => return ApiError(e).into_response(),
-    };
-    let actor = conn.session(&core, who).await;
-    req.extensions_mut().insert(actor);
-    next.run(req).await
+/// Only a connection's first request, which opens its session, waits for anything.
+#[derive(Clone)]
+pub struct RequireToken<S> {
+    inner: S,
+    core: Core,
+    logins: Logins,
+}
+
+type Answer = Result<Response, Infallible>;
+
+impl<S> Service<Request> for RequireToken<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Either<Ready<Answer>, S::Future>, BoxFuture<'static, Answer>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let refuse = |e: Error| Either::Left(Either::Left(ready(Ok(ApiError(e).into_response()))));
+        let Some(conn) = req.extensions().get::<Arc<ConnState>>().cloned() else {
+            return refuse(Error::new(Code::Internal, "request without a connection"));
+        };
+        let who = match principal_of(&self.core, &self.logins, &conn, req.method(), req.headers()) {
+            Ok(who) => who,
+            Err(e) => return refuse(e),
+        };
+        if let Some(actor) = conn.opened_session(&who) {
+            req.extensions_mut().insert(actor);
+            return Either::Left(Either::Right(self.inner.call(req)));
+        }
+        // The service made ready goes with this request; its clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let core = self.core.clone();
+        Either::Right(Box::pin(async move {
+            let actor = conn.session(&core, who).await;
+            req.extensions_mut().insert(actor);
+            ready.call(req).await
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -59,18 +59,12 @@ impl ConnState {
     /// The connection's session, opened on its first authenticated request (and named after
     /// its principal), as an actor with the principal `who` of the current request.
     pub async fn session(&self, core: &Core, who: Arc<Principal>) -> Actor {
-        if let Some((actor, _)) = self.session.get() {
-            return Actor {
-                principal: who,
-                ..actor.clone()
-            };
+        if let Some(actor) = self.opened_session(&who) {
+            return actor;
         }
         let _one = self.opening.lock().await;
-        if let Some((actor, _)) = self.session.get() {
-            return Actor {
-                principal: who,
-                ..actor.clone()
-            };
+        if let Some(actor) = self.opened_session(&who) {
+            return actor;
         }
         let (actor, guard) = core.open_session("http", self.peer.to_string(), who).await;
         let counters = guard.counters.clone();
@@ -80,6 +74,15 @@ impl ConnState {
         *self.guard.lock().unwrap() = Some(guard);
         let _ = self.session.set((actor.clone(), counters));
         actor
+    }
+
+    /// The connection's session as an actor with the principal `who`, once it is open.
+    pub fn opened_session(&self, who: &Arc<Principal>) -> Option<Actor> {
+        let (actor, _) = self.session.get()?;
+        Some(Actor {
+            principal: who.clone(),
+            ..actor.clone()
+        })
     }
 
     fn count_in(&self, n: u64) {

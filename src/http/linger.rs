@@ -6,13 +6,15 @@ use crate::http::error::is_error;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, Either};
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tower::{Layer, Service};
 
 /// Longest time spent reading a refused request's body.
 const LINGER_FOR: Duration = Duration::from_secs(2);
@@ -74,23 +76,59 @@ impl HttpBody for Lent {
     }
 }
 
+/// Wraps a service in [`Linger`].
+#[derive(Clone, Copy, Default)]
+pub struct LingerLayer;
+
+impl<S> Layer<S> for LingerLayer {
+    type Service = Linger<S>;
+
+    fn layer(&self, inner: S) -> Linger<S> {
+        Linger(inner)
+    }
+}
+
 /// Runs the request; when the answer is an error and the body was left unread (a refused
 /// upload: no token, a stale offset), reads and discards the rest of it first, for at most
 /// [`LINGER_FOR`] and [`LINGER_BYTES`]. Not after a timeout, when the client waits for
 /// `100 Continue` before it sends, when the body is bigger than that, or when the body itself
-/// failed. A request without a body costs nothing more.
+/// failed. A request that announces no body goes straight through: no boxed future, no clone.
 ///
 /// An error answer to a request that announced a body also says `Connection: close`: the body
 /// may still be partly unread, and hyper then closes the connection right after the answer.
 /// Without the header a client keeps the connection for its next request, which fails.
-pub async fn linger(req: Request, next: Next) -> Response {
-    let had_body = announces_body(req.headers());
-    let mut resp = drain_refused(req, next).await;
-    if had_body && is_error(resp.status()) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+#[derive(Clone)]
+pub struct Linger<S>(S);
+
+impl<S> Service<Request> for Linger<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
     }
-    resp
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if !announces_body(req.headers()) {
+            return Either::Left(self.0.call(req));
+        }
+        // The service made ready goes with this request; its clone waits for the next one.
+        let clone = self.0.clone();
+        let ready = std::mem::replace(&mut self.0, clone);
+        Either::Right(Box::pin(async move {
+            let mut resp = drain_refused(req, ready).await;
+            if is_error(resp.status()) {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        }))
+    }
 }
 
 /// Whether a request announced a body: a `Content-Length` above zero, or a transfer coding.
@@ -101,9 +139,23 @@ fn announces_body(h: &HeaderMap) -> bool {
     sized || h.contains_key(header::TRANSFER_ENCODING)
 }
 
-async fn drain_refused(req: Request, next: Next) -> Response {
+/// The answer of a service, made ready already, that cannot fail.
+async fn run<S>(mut inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    match inner.call(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+async fn drain_refused<S>(req: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     if req.body().is_end_stream() || req.body().size_hint().lower() > LINGER_BYTES {
-        return next.run(req).await;
+        return run(inner, req).await;
     }
     let waits_to_send = req
         .headers()
@@ -114,9 +166,11 @@ async fn drain_refused(req: Request, next: Next) -> Response {
         body: Some(body),
         ..Held::default()
     }));
-    let resp = next
-        .run(Request::from_parts(parts, Body::new(Lent(lent.clone()))))
-        .await;
+    let resp = run(
+        inner,
+        Request::from_parts(parts, Body::new(Lent(lent.clone()))),
+    )
+    .await;
     let status = resp.status();
     if !is_error(status) || status == StatusCode::REQUEST_TIMEOUT {
         return resp;

@@ -183,9 +183,9 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
     );
     let authed = bounded
         .merge(long)
-        .route_layer(axum::middleware::from_fn_with_state(
-            web.clone(),
-            auth::require_token,
+        .route_layer(auth::RequireTokenLayer::new(
+            web.core.clone(),
+            web.logins.clone(),
         ));
     let mut open = Router::new();
     for (path, methods) in [
@@ -222,7 +222,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
     ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         // Outside the concurrency limit: reading a refused body holds no request slot.
-        .layer(axum::middleware::from_fn(linger::linger))
+        .layer(linger::LingerLayer)
         .layer(overload)
         .layer(tower::util::AndThenLayer::new(
             error::json_errors::<tower_http::limit::ResponseBody<axum::body::Body>>,
