@@ -4,8 +4,10 @@ use crate::core::error::{Code, Error};
 use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 use axum::response::IntoResponse;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::TryFutureExt;
+use futures_util::future::{BoxFuture, Either, OrElse, Ready, ready};
 use std::convert::Infallible;
+use std::task::{Context, Poll};
 
 /// An error as the HTTP plane answers it.
 #[derive(Debug)]
@@ -144,4 +146,67 @@ async fn rewrite(resp: axum::response::Response) -> axum::response::Response {
         }
     }
     out
+}
+
+/// Wraps a load shedder in [`Busy`].
+#[derive(Clone, Copy, Default)]
+pub struct BusyLayer;
+
+impl<S> tower::Layer<S> for BusyLayer {
+    type Service = Busy<S>;
+
+    fn layer(&self, inner: S) -> Busy<S> {
+        Busy {
+            inner,
+            refused: false,
+        }
+    }
+}
+
+/// Answers 503 `busy` where the service below it (a load shedder, whose only errors are its
+/// refusals) refuses a request, in `poll_ready` or in its answer; nothing is boxed.
+#[derive(Clone)]
+pub struct Busy<S> {
+    inner: S,
+    refused: bool,
+}
+
+type Answer = Result<axum::response::Response, Infallible>;
+
+fn busy(_: axum::BoxError) -> Ready<Answer> {
+    ready(Ok(ApiError::new(
+        Code::Busy,
+        "too many requests at once; retry shortly",
+    )
+    .into_response()))
+}
+
+impl<S> tower::Service<axum::extract::Request> for Busy<S>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = axum::BoxError,
+        >,
+{
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Either<
+        Ready<Answer>,
+        OrElse<S::Future, Ready<Answer>, fn(axum::BoxError) -> Ready<Answer>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx).map(|r| {
+            self.refused = r.is_err();
+            Ok(())
+        })
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        if std::mem::take(&mut self.refused) {
+            return Either::Left(busy("refused".into()));
+        }
+        Either::Right(self.inner.call(req).or_else(busy as fn(_) -> _))
+    }
 }

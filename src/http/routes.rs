@@ -7,10 +7,8 @@ use crate::http::{
     ApiError, HttpConfig, api, auth, error, exec, files, linger, login, term, uploads, web,
 };
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get, head, post};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -208,9 +206,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
     // (downloads, NDJSON, events) are bounded by the core's transfer and exec limits instead.
     let slots = Arc::new(Semaphore::new(cfg.max_requests.max(1)));
     let overload = ServiceBuilder::new()
-        .layer(HandleErrorLayer::<_, ()>::new(|_: tower::BoxError| async {
-            ApiError::new(Code::Busy, "too many requests at once; retry shortly").into_response()
-        }))
+        .layer(error::BusyLayer)
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(slots));
     let inner = authed
