@@ -222,7 +222,7 @@ impl Executor {
             .map_err(|_| Error::new(Code::Busy, "too many commands are running; retry later"))?
             .map_err(Error::internal)?;
 
-        let id = new_id();
+        let id = new_id().to_string();
         let line = req.display();
         self.audit
             .command_started(&id, actor, &line, &cwd_raw)

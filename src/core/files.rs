@@ -218,7 +218,7 @@ impl Files {
         tracing::info!(session = %actor.session_id, transport = actor.transport, path = %rel, kind = %entry.kind, "delete");
         self.audit
             .transfer(TransferRow {
-                id: new_id().into(),
+                id: new_id(),
                 actor: actor.clone(),
                 path: rel.as_str().into(),
                 direction: "delete",

@@ -131,7 +131,7 @@ impl Core {
         principal: Arc<Principal>,
     ) -> (Actor, SessionGuard) {
         let actor = Actor {
-            session_id: new_id().into(),
+            session_id: new_id(),
             transport,
             peer: peer.into(),
             principal,

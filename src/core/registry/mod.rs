@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
+mod ids;
 mod views;
+pub use ids::{new_id, random_id};
 pub use views::{CheckInfo, RegistryEvent, SessionInfo, TransferInfo, TransferState, visible};
 
 /// How many finished transfers stay visible.
@@ -15,35 +17,6 @@ const RECENT_TRANSFERS: usize = 100;
 
 /// How many MD5 checks stay visible.
 const RECENT_CHECKS: usize = 200;
-
-/// A fresh id (16 hex digits) that sorts by creation time, so audit rows append to their indexes.
-///
-/// The high 44 bits are Unix milliseconds; the low 20 count from a point drawn at random once
-/// per process, so two runs of the server in one millisecond do not collide. Ids from one
-/// process only ever grow.
-pub fn new_id() -> String {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let offset = *OFFSET.get_or_init(|| {
-        let mut b = [0u8; 4];
-        getrandom::fill(&mut b).expect("the OS random source works");
-        u64::from(u32::from_le_bytes(b) & 0x7_ffff)
-    });
-    let fresh = ((now_ms() as u64) << 20) | offset;
-    let prev = LAST
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-            Some(fresh.max(last + 1))
-        })
-        .expect("the closure always gives a value");
-    hex::encode(fresh.max(prev + 1).to_be_bytes())
-}
-
-/// A fresh random id (16 hex digits) for names nobody should guess or predict.
-pub fn random_id() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    hex::encode(b)
-}
 
 /// Counters of one live session, updated by its transport.
 #[derive(Debug, Default)]
@@ -199,7 +172,7 @@ impl Registry {
     ) -> TransferHandle {
         let done = Arc::new(AtomicU64::new(0));
         let info = TransferInfo {
-            id: new_id().into(),
+            id: new_id(),
             session_id: actor.session_id.clone(),
             user: actor.principal.name.clone(),
             transport: actor.transport,
@@ -369,32 +342,5 @@ impl Drop for TransferHandle {
             self.registry
                 .finish_transfer(&self.id, TransferState::Failed, None);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::new_id;
-
-    /// Ids are 16 hex digits, grow with every call, and start from the current millisecond.
-    #[test]
-    fn ids_grow_in_time_order() {
-        let before = crate::core::audit::now_ms() as u64;
-        let ids: Vec<String> = (0..10_000).map(|_| new_id()).collect();
-        for pair in ids.windows(2) {
-            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
-        }
-        for id in &ids {
-            assert_eq!(id.len(), 16);
-            assert!(
-                id.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            );
-        }
-        let ms = u64::from_str_radix(&ids[0], 16).unwrap() >> 20;
-        assert!(
-            ms >= before && ms <= crate::core::audit::now_ms() as u64,
-            "{ms} vs {before}"
-        );
     }
 }
