@@ -236,3 +236,26 @@ async fn tokens_in_the_query_string_are_not_accepted() {
     );
     s.stop().await;
 }
+
+/// Only the public paths answer without a token. Dots under a public prefix stay literal (the
+/// router does not resolve them), so `/assets/../api/v1/sessions` is an unknown asset, and an
+/// unknown path or method asks for a token before it is named as unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn dots_under_a_public_prefix_reach_nothing_private() {
+    let s = TestServer::start().await;
+    std::fs::write(s.path("f.txt"), b"x").unwrap();
+    for (target, want) in [
+        ("GET /assets/../api/v1/sessions", (404, "not_found")),
+        ("GET /assets/../files/f.txt", (404, "not_found")),
+        ("GET /healthz/../files/f.txt", (401, "unauthorized")),
+        ("GET /no/such/path", (401, "unauthorized")),
+        ("DELETE /healthz", (405, "method_not_allowed")),
+        ("DELETE /api/v1/sessions", (401, "unauthorized")),
+    ] {
+        let req = format!("{target} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n");
+        let r = http_raw(&s, req.as_bytes()).await;
+        assert_eq!((r.status, r.code()), (want.0, want.1.into()), "{target}");
+    }
+    assert!(s.core.registry.sessions().is_empty());
+    s.stop().await;
+}

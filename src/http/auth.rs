@@ -8,8 +8,7 @@ use crate::http::ApiError;
 use crate::http::conn::ConnState;
 use crate::http::login::{Logins, logged_in};
 use crate::http::origin::same_origin;
-use axum::extract::Request;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method, Request, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, Either, Ready, ready};
 use std::convert::Infallible;
@@ -89,7 +88,7 @@ pub fn csrf_ok(method: &Method, headers: &HeaderMap, tls: bool) -> bool {
     same_origin == Some(true) || json || headers.contains_key(X_FERRY)
 }
 
-/// Wraps a route in [`RequireToken`].
+/// Wraps the router in [`RequireToken`].
 #[derive(Clone)]
 pub struct RequireTokenLayer {
     core: Core,
@@ -115,9 +114,10 @@ impl<S> Layer<S> for RequireTokenLayer {
     }
 }
 
-/// Authenticates every request (see [`principal_of`]); on success the request carries the
-/// connection's session [`Actor`](crate::core::audit::Actor) acting as the request's principal.
-/// Only a connection's first request, which opens its session, waits for anything.
+/// Authenticates every request but those for the public paths (see
+/// [`is_public`](crate::http::routes::is_public) and [`principal_of`]); on success the request
+/// carries the connection's session [`Actor`](crate::core::audit::Actor) acting as the
+/// request's principal. Only a connection's first request, which opens its session, waits.
 #[derive(Clone)]
 pub struct RequireToken<S> {
     inner: S,
@@ -127,10 +127,11 @@ pub struct RequireToken<S> {
 
 type Answer = Result<Response, Infallible>;
 
-impl<S> Service<Request> for RequireToken<S>
+impl<S, B> Service<Request<B>> for RequireToken<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
@@ -140,7 +141,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if crate::http::routes::is_public(req.uri().path()) {
+            return Either::Left(Either::Right(self.inner.call(req)));
+        }
         let refuse = |e: Error| Either::Left(Either::Left(ready(Ok(ApiError(e).into_response()))));
         let Some(conn) = req.extensions().get::<Arc<ConnState>>().cloned() else {
             return refuse(Error::new(Code::Internal, "request without a connection"));

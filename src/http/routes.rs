@@ -63,6 +63,15 @@ pub const PUBLIC: &[&str] = &[
     "/assets/{*path}",
 ];
 
+/// Whether a request for `path` is served without a token: it is one of [`PUBLIC`], or under
+/// one that ends in a wildcard. The router routes such a path to that public route, or to none.
+pub fn is_public(path: &str) -> bool {
+    PUBLIC.iter().any(|p| match p.strip_suffix("{*path}") {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == *p,
+    })
+}
+
 fn at(router: Router<Web>, path: &'static str, methods: MethodRouter<Web>) -> Router<Web> {
     assert!(
         ROUTES.iter().any(|(_, p)| *p == path),
@@ -179,12 +188,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
             .patch(uploads::append)
             .delete(uploads::cancel),
     );
-    let authed = bounded
-        .merge(long)
-        .route_layer(auth::RequireTokenLayer::new(
-            web.core.clone(),
-            web.logins.clone(),
-        ));
+    let authed = bounded.merge(long);
     let mut open = Router::new();
     for (path, methods) in [
         ("/healthz", get(api::healthz)),
@@ -195,6 +199,10 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
         ("/logout", post(login::logout)),
         ("/assets/{*path}", get(web::asset)),
     ] {
+        assert!(
+            PUBLIC.contains(&path),
+            "{path} is served without a token but not PUBLIC"
+        );
         open = at(open, path, methods);
     }
     let open = open.layer(TimeoutLayer::with_status_code(
@@ -212,7 +220,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
     let inner = authed
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
-        .with_state(web);
+        .with_state(web.clone());
     // The layers wrap the whole router once: `Router::layer` would wrap every route on its
     // own, and each request would then clone and box the stack of its route, layer by layer.
     ServiceBuilder::new()
@@ -230,6 +238,9 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
         // which then drops its temp file and frees its slot.
         .layer(RequestBodyTimeoutLayer::new(cfg.idle_timeout))
         .layer(DefaultBodyLimit::max(16 << 20))
+        // Around the whole router rather than each route (`route_layer`), which would box and
+        // clone it per request; the public paths pass untouched.
+        .layer(auth::RequireTokenLayer::new(web.core, web.logins))
         .service(inner)
 }
 
@@ -237,6 +248,23 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
 mod tests {
     use super::ROUTES;
     use crate::http::api::OPENAPI;
+
+    /// The public paths, and only they, pass without a token (wildcards by prefix).
+    #[test]
+    fn public_paths() {
+        for (_, path) in super::ROUTES {
+            let concrete = path.replace("{*path}", "x/y").replace("{id}", "1");
+            assert_eq!(
+                super::is_public(&concrete),
+                super::PUBLIC.contains(path),
+                "{path}"
+            );
+        }
+        assert!(!super::is_public("/files/"));
+        assert!(!super::is_public("/healthz/"));
+        assert!(!super::is_public("/login/../api/v1/sessions"));
+        assert!(!super::is_public("//"));
+    }
 
     /// The OpenAPI document and the route table describe the same operations.
     #[test]
