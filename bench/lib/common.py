@@ -219,8 +219,11 @@ class Server:
 def ferry(ctx: Ctx, root: Path, *extra: str, name: str = "ferry") -> tuple[Server, int, int]:
     """Starts ferry serving `root`; returns the server and its TCP and HTTP ports."""
     tcp, http = free_port(), free_port()
+    # A fresh audit store each run: one left by earlier runs (gigabytes after a few) would make
+    # a run's figures depend on the runs before it.
     data = ctx.work / f"{name}-data"
-    data.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
     argv = [str(ctx.ferry_bin), "serve", "--root", str(root), "--data-dir", str(data),
             "--token", TOKEN, "--tcp-addr", f"127.0.0.1:{tcp}",
             "--http-addr", f"127.0.0.1:{http}", *extra]
