@@ -22,6 +22,7 @@ fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    ferry::memory::keep_while_busy();
     // A client drives one connection: one thread does it (with the blocking pool beside it for
     // disk and MD5), and starts faster than a pool of workers.
     let rt = match cli.command {
