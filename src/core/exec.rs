@@ -22,8 +22,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// Output cap of a command whose transport holds all its output before answering.
 pub const BUFFERED_OUTPUT: u64 = 16 << 20;
 
-/// How long a command waits for a free slot before `busy`.
-const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How long a command or a transfer waits for a free slot before `busy`.
+pub(crate) const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// A command to run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -162,7 +162,7 @@ async fn body(
         return Ok(Response::new(Body::empty()));
     }
     let left = len.unwrap_or(file.size() - start);
-    let mut stream = file.stream(start, len, CHUNK)?;
+    let mut stream = file.stream(start, len, CHUNK).await?;
     if let Some(all) = stream.take_whole() {
         // A small file, read whole at open: headers and body leave in one write.
         settle(&mut Sending(Some(stream))).await?;

@@ -56,7 +56,7 @@ impl Files {
         {
             return Err(Error::bad_request("md5 must be 32 hex digits"));
         }
-        let slot = self.transfer_slot()?;
+        let slot = self.transfer_slot().await?;
         let this = self.clone();
         let rel2 = rel.clone();
         // The guard removes the temp file if this request goes away before the upload holds it.

@@ -268,8 +268,9 @@ impl GetFile {
     }
 
     /// Starts sending `len` bytes (all the rest if `None`) from `offset`, in chunks of at most
-    /// `chunk` bytes; registers and later records the transfer.
-    pub fn stream(self, offset: u64, len: Option<u64>, chunk: usize) -> Result<GetStream> {
+    /// `chunk` bytes, once a transfer slot is free if it reads from disk (see
+    /// `Files::transfer_slot`); registers and later records the transfer.
+    pub async fn stream(self, offset: u64, len: Option<u64>, chunk: usize) -> Result<GetStream> {
         let size = self.key.size;
         if offset > size {
             return Err(Error::bad_request(format!(
@@ -291,7 +292,7 @@ impl GetFile {
             None => {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let file = self.file;
-                let slot = self.files.transfer_slot()?;
+                let slot = self.files.transfer_slot().await?;
                 tokio::task::spawn_blocking(move || {
                     let _slot = slot;
                     read_loop(file, key, offset, want, chunk.max(1), tx)

@@ -133,7 +133,10 @@ impl Files {
         offset: u64,
         chunk: usize,
     ) -> Result<GetStream> {
-        self.open_get(actor, raw).await?.stream(offset, None, chunk)
+        self.open_get(actor, raw)
+            .await?
+            .stream(offset, None, chunk)
+            .await
     }
 }
 

@@ -164,7 +164,7 @@ impl Uploads {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::new(Code::Busy, "the server is shutting down"));
         }
-        let slot = self.inner.files.transfer_slot()?;
+        let slot = self.inner.files.transfer_slot().await?;
         let open = {
             let map = self.inner.map.lock().unwrap();
             map.values()
@@ -243,7 +243,7 @@ impl Uploads {
     ) -> Result<Append> {
         actor.require(Action::Write)?;
         let stop = CancellationToken::new();
-        let slot = self.inner.files.transfer_slot()?;
+        let slot = self.inner.files.transfer_slot().await?;
         let job = {
             let mut map = self.inner.map.lock().unwrap();
             let up = map
