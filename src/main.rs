@@ -26,7 +26,10 @@ fn main() -> std::process::ExitCode {
     // A client drives one connection: one thread does it (with the blocking pool beside it for
     // disk and MD5), and starts faster than a pool of workers.
     let rt = match cli.command {
-        Command::Serve(_) => server_runtime(),
+        Command::Serve(_) => {
+            ferry::memory::small_from_mimalloc();
+            server_runtime()
+        }
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),

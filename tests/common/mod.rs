@@ -85,6 +85,8 @@ impl TestServer {
 
     /// Starts a server after `tweak` adjusts its configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        // The server's allocator, as `ferry serve` switches it on.
+        ferry::memory::small_from_mimalloc();
         let root = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path().to_path_buf(), data.path().to_path_buf());
