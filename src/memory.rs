@@ -33,7 +33,7 @@ pub fn small_from_mimalloc() {
 pub struct Split;
 
 /// Which allocator makes or frees a block.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Maker {
     Mimalloc,
     System,
@@ -243,6 +243,12 @@ mod tests {
                     let kept = layout.size().min(size);
                     p = realloc(p, layout, size);
                     assert!(!p.is_null());
+                    let maker = if size < super::BIG {
+                        super::Maker::Mimalloc
+                    } else {
+                        super::Maker::System
+                    };
+                    assert_eq!(super::maker_of(p, size), maker, "size {size}");
                     assert_eq!(p as usize % align, 0, "align {align}, size {size}");
                     for i in 0..kept {
                         assert_eq!(*p.add(i), (i % 251) as u8, "byte {i} at size {size}");

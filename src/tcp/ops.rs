@@ -195,10 +195,11 @@ async fn exec(s: &mut StreamCtx, req: ExecRequest) -> Result<(), Error> {
 
 async fn get(s: &StreamCtx, path: &str, offset: u64) -> Result<(), Error> {
     let core = &s.shared.core;
-    let mut g = core
-        .files
-        .get(&s.shared.actor, path, offset, s.shared.chunk)
-        .await?;
+    // A download may wait for a transfer slot: a cancel or a lost connection ends the wait.
+    let mut g = tokio::select! {
+        g = core.files.get(&s.shared.actor, path, offset, s.shared.chunk) => g?,
+        _ = s.cancel.cancelled() => return Err(cancelled()),
+    };
     if s.json(Kind::Header, &g.header).await.is_err() {
         g.abort(s.by_client()).await;
         return Err(cancelled());
@@ -233,10 +234,11 @@ async fn put(
         return Err(Error::bad_request("give md5 or md5_trailer, not both"));
     }
     let core = s.shared.core.clone();
-    let mut sink = core
-        .files
-        .put(&s.shared.actor, path, Some(size), md5)
-        .await?;
+    // An upload may wait for a transfer slot: a cancel or a lost connection ends the wait.
+    let mut sink = tokio::select! {
+        sink = core.files.put(&s.shared.actor, path, Some(size), md5) => sink?,
+        _ = s.cancel.cancelled() => return Err(cancelled()),
+    };
     let mut eof = None;
     // Bytes consumed but not yet granted back (see `Shared::grant_step`).
     let mut owed = 0;

@@ -30,7 +30,7 @@ use crate::core::registry::{random_id, visible};
 use crate::core::transfer::TransferCtx;
 use disk::Job;
 use serde::Serialize;
-use state::{Parked, Slot, Upload, check_md5s, gone, length_of};
+use state::{Parked, Slot, Upload, check_md5s, gone, length_of, offset_conflict};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,6 +243,18 @@ impl Uploads {
     ) -> Result<Append> {
         actor.require(Action::Write)?;
         let stop = CancellationToken::new();
+        // An unknown upload or a wrong offset is answered at once, not after a wait for a
+        // transfer slot; the checks run again once the slot is held.
+        {
+            let map = self.inner.map.lock().unwrap();
+            let up = map
+                .get(id)
+                .filter(|u| visible(&actor.principal, &u.owner))
+                .ok_or_else(gone)?;
+            if offset != up.offset {
+                return Err(offset_conflict(offset, up.offset));
+            }
+        }
         let slot = self.inner.files.transfer_slot().await?;
         let job = {
             let mut map = self.inner.map.lock().unwrap();
@@ -266,10 +278,7 @@ impl Uploads {
             }
             let current = up.offset;
             if offset != current {
-                return Err(Error::new(
-                    Code::Conflict,
-                    format!("Upload-Offset {offset} does not match the upload's offset {current}"),
-                ));
+                return Err(offset_conflict(offset, current));
             }
             let length = length_of(current, up.length, &d)?;
             self.check_size(length)?;

@@ -75,6 +75,14 @@ pub(super) fn gone() -> Error {
     )
 }
 
+/// The error for an append whose offset is not the upload's.
+pub(super) fn offset_conflict(offset: u64, current: u64) -> Error {
+    Error::new(
+        Code::Conflict,
+        format!("Upload-Offset {offset} does not match the upload's offset {current}"),
+    )
+}
+
 /// The whole length implied by a request that starts at `offset`, checked against `known`.
 pub(super) fn length_of(offset: u64, known: Option<u64>, d: &Declared) -> Result<Option<u64>> {
     let by_content = d
