@@ -1,6 +1,6 @@
 //! ferry's allocator: a server's small allocations from mimalloc, buffers (and a client's
 //! everything) from the C library's malloc, which ferry asks to keep freed memory while work
-//! runs; both give it back when the server is quiet.
+//! runs; both give back what they hold free when the server is quiet.
 //!
 //! A request makes dozens of small allocations (headers, futures, ids, the 8 KiB read buffer);
 //! glibc's malloc spent a fifth of a 1 KiB GET's instructions on the worker on them, where
