@@ -196,6 +196,8 @@ async fn exec(s: &mut StreamCtx, req: ExecRequest) -> Result<(), Error> {
 async fn get(s: &StreamCtx, path: &str, offset: u64) -> Result<(), Error> {
     let core = &s.shared.core;
     // A download may wait for a transfer slot: a cancel or a lost connection ends the wait.
+    // Dropping `get` at any await leaves nothing: the file is only open, and the transfer is
+    // registered after the last await.
     let mut g = tokio::select! {
         g = core.files.get(&s.shared.actor, path, offset, s.shared.chunk) => g?,
         _ = s.cancel.cancelled() => return Err(cancelled()),
@@ -234,11 +236,12 @@ async fn put(
         return Err(Error::bad_request("give md5 or md5_trailer, not both"));
     }
     let core = s.shared.core.clone();
-    // An upload may wait for a transfer slot: a cancel or a lost connection ends the wait.
-    let mut sink = tokio::select! {
-        sink = core.files.put(&s.shared.actor, path, Some(size), md5) => sink?,
-        _ = s.cancel.cancelled() => return Err(cancelled()),
-    };
+    // Not raced with a cancel: dropped while it creates the temp file, `put` would leave that
+    // file behind (its sink removes it).
+    let mut sink = core
+        .files
+        .put(&s.shared.actor, path, Some(size), md5)
+        .await?;
     let mut eof = None;
     // Bytes consumed but not yet granted back (see `Shared::grant_step`).
     let mut owed = 0;
