@@ -223,6 +223,11 @@ mod tests {
     fn resizes_across_the_split_keep_the_bytes() {
         // A block made by the C library before the switch is resized and freed after it.
         let before = vec![7u8; 1000];
+        // This test alone switches mimalloc on in this binary.
+        assert_eq!(
+            super::maker_of(before.as_ptr().cast_mut(), 1000),
+            super::Maker::System
+        );
         super::small_from_mimalloc();
         let mut before = before;
         before.resize(2000, 8);

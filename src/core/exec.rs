@@ -5,6 +5,7 @@ use crate::core::auth::Action;
 use crate::core::error::{Code, Error, Result};
 use crate::core::files::Files;
 use crate::core::output::{OutputCap, drain, pump};
+use crate::core::queue::{QUEUE_WAIT, wait_for_slot};
 use crate::core::registry::new_id;
 use crate::core::sandbox::{self, Confinement, Sandbox};
 use crate::core::simple_command::start_plain;
@@ -21,9 +22,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Output cap of a command whose transport holds all its output before answering.
 pub const BUFFERED_OUTPUT: u64 = 16 << 20;
-
-/// How long a command or a transfer waits for a free slot before `busy`.
-pub(crate) const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// A command to run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -217,10 +215,10 @@ impl Executor {
         };
         let cwd_raw = req.cwd.clone().unwrap_or_default();
         let cwd = self.files.resolve_dir(&cwd_raw).await?;
-        let permit = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| Error::new(Code::Busy, "too many commands are running; retry later"))?
-            .map_err(Error::internal)?;
+        let permit = wait_for_slot(&self.slots, QUEUE_WAIT, || {
+            "too many commands are running; retry later".into()
+        })
+        .await?;
 
         let id = new_id().to_string();
         let line = req.display();

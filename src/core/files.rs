@@ -4,16 +4,15 @@ use crate::core::audit::{Actor, Audit, TransferRow, now_ms};
 use crate::core::auth::Action;
 use crate::core::digests::{DigestCache, FileKey};
 use crate::core::error::{Code, Error, Result};
-use crate::core::exec::QUEUE_WAIT;
 use crate::core::paths::RelPath;
+use crate::core::queue::{QUEUE_WAIT, wait_for_slot};
 use crate::core::registry::{Registry, new_id};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The marker in the names of in-progress uploads; such files are hidden from listings.
 pub const TEMP_MARKER: &str = ".ferry-tmp-";
@@ -38,22 +37,6 @@ pub struct Entry {
 /// holds a blocking thread while it runs, and tokio's pool has 512: the rest stay free for
 /// opens, listings and commands.
 pub const MAX_TRANSFERS: usize = 256;
-
-/// A permit of `slots`: at once if one is free, else the first freed within `wait`, else `busy`.
-async fn queued_slot(slots: &Arc<Semaphore>, wait: Duration) -> Result<OwnedSemaphorePermit> {
-    if let Ok(free) = slots.clone().try_acquire_owned() {
-        return Ok(free);
-    }
-    tokio::time::timeout(wait, slots.clone().acquire_owned())
-        .await
-        .map_err(|_| {
-            Error::new(
-                Code::Busy,
-                format!("{MAX_TRANSFERS} transfers are running; retry shortly"),
-            )
-        })?
-        .map_err(Error::internal)
-}
 
 /// Confined access to the served root, shared by every transport. A clone is one counter
 /// increment: every download holds one, and each shared counter touched per request is a cache
@@ -115,7 +98,10 @@ impl Files {
     /// A slot for one transfer: at once while fewer than [`MAX_TRANSFERS`] run, else the first
     /// one freed within [`QUEUE_WAIT`] (a burst queues, as commands do), else `busy`.
     pub(crate) async fn transfer_slot(&self) -> Result<OwnedSemaphorePermit> {
-        queued_slot(&self.transfers, QUEUE_WAIT).await
+        wait_for_slot(&self.transfers, QUEUE_WAIT, || {
+            format!("{MAX_TRANSFERS} transfers are running; retry shortly")
+        })
+        .await
     }
 
     /// The root's absolute path on the host.
@@ -315,34 +301,5 @@ impl Files {
             Code::Busy,
             format!("{rel}: the file is being written; retry when it is complete"),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// With every slot taken, a transfer waits: it gets the first slot freed within the wait,
-    /// and `busy` once the wait has passed (paused time: the wait passes without sleeping).
-    #[tokio::test(start_paused = true)]
-    async fn a_transfer_waits_for_a_slot_then_is_busy() {
-        let slots = Arc::new(Semaphore::new(2));
-        let wait = Duration::from_secs(10);
-        let first = queued_slot(&slots, wait).await.unwrap();
-        let _second = queued_slot(&slots, wait).await.unwrap();
-        let waiting = tokio::spawn({
-            let slots = slots.clone();
-            async move { queued_slot(&slots, wait).await }
-        });
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        assert!(!waiting.is_finished(), "a slot came before one was freed");
-        drop(first);
-        let third = waiting.await.unwrap().unwrap();
-        let started = tokio::time::Instant::now();
-        let refused = queued_slot(&slots, wait).await.unwrap_err();
-        assert_eq!(refused.code, Code::Busy);
-        assert_eq!(started.elapsed(), wait);
-        drop(third);
-        assert!(queued_slot(&slots, wait).await.is_ok());
     }
 }

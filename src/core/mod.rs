@@ -16,6 +16,7 @@ pub mod metrics;
 mod output;
 pub mod paths;
 pub mod put;
+pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod simple_command;

@@ -1,6 +1,6 @@
 //! Asking after, cancelling and expiring resumable uploads.
 
-use super::state::{Parked, Slot, Upload, gone};
+use super::state::{Parked, Slot, Upload, find};
 use super::{UploadInfo, Uploads};
 use crate::core::audit::Actor;
 use crate::core::auth::Action;
@@ -24,10 +24,7 @@ impl Uploads {
         loop {
             let settled = {
                 let mut map = self.inner.map.lock().unwrap();
-                let up = map
-                    .get(id)
-                    .filter(|u| visible(&actor.principal, &u.owner))
-                    .ok_or_else(gone)?;
+                let up = find(&mut map, id, actor)?;
                 match &up.slot {
                     Slot::Busy { stop, settled } => {
                         stop.cancel();

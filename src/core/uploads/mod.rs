@@ -26,11 +26,11 @@ use crate::core::error::{Code, Error, Result};
 use crate::core::files::{Files, blocking};
 use crate::core::paths::RelPath;
 use crate::core::put::{PutDone, create_temp};
-use crate::core::registry::{random_id, visible};
+use crate::core::registry::random_id;
 use crate::core::transfer::TransferCtx;
 use disk::Job;
 use serde::Serialize;
-use state::{Parked, Slot, Upload, check_md5s, gone, length_of, offset_conflict};
+use state::{Parked, Slot, Upload, check_md5s, find, length_of, offset_conflict};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,11 +246,8 @@ impl Uploads {
         // An unknown upload or a wrong offset is answered at once, not after a wait for a
         // transfer slot; the checks run again once the slot is held.
         {
-            let map = self.inner.map.lock().unwrap();
-            let up = map
-                .get(id)
-                .filter(|u| visible(&actor.principal, &u.owner))
-                .ok_or_else(gone)?;
+            let mut map = self.inner.map.lock().unwrap();
+            let up = find(&mut map, id, actor)?;
             if offset != up.offset {
                 return Err(offset_conflict(offset, up.offset));
             }
@@ -258,10 +255,7 @@ impl Uploads {
         let slot = self.inner.files.transfer_slot().await?;
         let job = {
             let mut map = self.inner.map.lock().unwrap();
-            let up = map
-                .get_mut(id)
-                .filter(|u| visible(&actor.principal, &u.owner))
-                .ok_or_else(gone)?;
+            let up = find(&mut map, id, actor)?;
             match &up.slot {
                 Slot::Done(_) => {
                     return Err(Error::bad_request(

@@ -1,10 +1,12 @@
 //! What the registry keeps per upload, and the checks a request's declarations go through.
 
 use super::{Declared, UploadInfo};
+use crate::core::audit::Actor;
 use crate::core::checksum::{Md5Stream, is_md5_hex};
 use crate::core::error::{Code, Error, Result};
 use crate::core::paths::RelPath;
 use crate::core::put::PutDone;
+use crate::core::registry::visible;
 use crate::core::transfer::TransferCtx;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -73,6 +75,17 @@ pub(super) fn gone() -> Error {
         Code::NotFound,
         "no such upload (it was completed long ago, cancelled, failed or expired)",
     )
+}
+
+/// The upload `id` as `actor` may see it, or [`gone`].
+pub(super) fn find<'a>(
+    map: &'a mut HashMap<String, Upload>,
+    id: &str,
+    actor: &Actor,
+) -> Result<&'a mut Upload> {
+    map.get_mut(id)
+        .filter(|u| visible(&actor.principal, &u.owner))
+        .ok_or_else(gone)
 }
 
 /// The error for an append whose offset is not the upload's.
