@@ -100,10 +100,6 @@ impl DigestCache {
             ctime_ns: key.ctime_ns,
             md5: md5.to_string(),
         };
-        let audit = self.audit.clone();
-        // The writer channel is bounded; send from a task so a blocking caller never waits.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { audit.digest(row).await });
-        }
+        self.audit.digest(row);
     }
 }

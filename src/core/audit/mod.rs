@@ -224,8 +224,23 @@ impl Audit {
     }
 
     /// Stores a digest durably.
-    pub async fn digest(&self, row: DigestRow) {
-        self.send(Event::Digest(row)).await;
+    ///
+    /// Queued at once while the writer's queue has room, so that a shutdown after it (which
+    /// queues its close behind) still writes it; from a task of its own when the queue is full,
+    /// so that a caller on a blocking thread never waits.
+    pub fn digest(&self, row: DigestRow) {
+        match self.tx.try_send(Event::Digest(row)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let audit = self.clone();
+                    handle.spawn(async move { audit.send(ev).await });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("audit writer is closed; a digest row was dropped");
+            }
+        }
     }
 
     /// Waits until every row sent before this call is committed.
