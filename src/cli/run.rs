@@ -1,11 +1,11 @@
 //! `ferry exec` and `ferry shell`.
 
 use super::{Conn, ExecArgs};
-use crate::client::{Client, ClientError, ClientTls};
+use crate::client::{Client, ClientError, ClientTls, StreamHandle};
 use crate::core::error::Code;
 use crate::core::exec::ExecRequest;
 use crate::tcp::codec::Kind;
-use crate::tcp::messages::ExecEnd;
+use crate::tcp::messages::{ExecEnd, Request};
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -20,6 +20,15 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// `ferry-data/token`. With none, the connection is anonymous (enough on a `--public-read`
 /// server to download).
 pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    Ok(connect_opening(conn, None).await?.0)
+}
+
+/// As [`connect`], opening a stream with `first` in the same write as the hello (see
+/// [`Client::connect_opening`]).
+pub(super) async fn connect_opening(
+    conn: &Conn,
+    first: Option<&Request>,
+) -> anyhow::Result<(Client, Option<StreamHandle>)> {
     // The local server's token is only ever sent to a server on this machine.
     let token = conn.token.clone().or_else(|| {
         if !is_loopback(&conn.addr) {
@@ -36,13 +45,22 @@ pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
         (None, true) => Some(ClientTls::system()?),
         (None, false) => None,
     };
-    match Client::connect_with(&conn.addr, token.as_deref().unwrap_or(""), tls.as_ref()).await {
+    let token = token.as_deref().unwrap_or("");
+    let connected = match first {
+        None => Client::connect_with(&conn.addr, token, tls.as_ref())
+            .await
+            .map(|c| (c, None)),
+        Some(req) => Client::connect_opening(&conn.addr, token, tls.as_ref(), req)
+            .await
+            .map(|(c, s)| (c, Some(s))),
+    };
+    match connected {
         Ok(c) => Ok(c),
         Err(ClientError::Io(e)) => Err(anyhow::anyhow!(
             "cannot reach ferry at {}: {e} (is `ferry serve` running there?)",
             conn.addr
         )),
-        Err(e) if e.code() == Some(Code::Unauthorized) && token.is_none() => Err(anyhow::anyhow!(
+        Err(e) if e.code() == Some(Code::Unauthorized) && token.is_empty() => Err(anyhow::anyhow!(
             "no token: pass --token or set FERRY_TOKEN (ferry serve prints it at first start)"
         )),
         Err(e) if e.code() == Some(Code::Unauthorized) => Err(anyhow::anyhow!(
@@ -154,13 +172,6 @@ fn report(err: &ClientError) -> i32 {
 }
 
 pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
-    let client = match connect(&a.conn).await {
-        Ok(c) => c,
-        Err(e) => {
-            say!("ferry: {e}");
-            return Ok(EXIT_FERRY_ERROR);
-        }
-    };
     let mut env = std::collections::BTreeMap::new();
     for kv in &a.env {
         let Some((k, v)) = kv.split_once('=') else {
@@ -169,7 +180,7 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         };
         env.insert(k.to_string(), v.to_string());
     }
-    let req = ExecRequest {
+    let mut req = ExecRequest {
         cmd: (!a.argv).then(|| a.command.join(" ")),
         argv: a.argv.then(|| a.command.clone()),
         cwd: a.cwd,
@@ -179,7 +190,17 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         max_output: None,
     };
     let stdin = (!a.no_stdin && !std::io::stdin().is_terminal()).then(tokio::io::stdin);
-    match client.exec(req, stdin, |k, b| print_output(k, &b)).await {
+    req.stdin = stdin.is_some();
+    // The command goes out with the hello: a new connection costs one round trip, not two.
+    let stream = match connect_opening(&a.conn, Some(&Request::Exec(req))).await {
+        Ok((_, Some(s))) => s,
+        Ok((_, None)) => return Err(anyhow::anyhow!("the command's stream was not opened")),
+        Err(e) => {
+            say!("ferry: {e}");
+            return Ok(EXIT_FERRY_ERROR);
+        }
+    };
+    match Client::exec_on(stream, stdin, |k, b| print_output(k, &b)).await {
         Ok(end) => {
             if end.truncated {
                 say!("ferry: output was cut at the server's limit; the command was stopped");

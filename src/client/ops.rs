@@ -1,6 +1,6 @@
 //! The operations of the client, each on its own stream.
 
-use super::{Client, ClientError, Result, StreamSender};
+use super::{Client, ClientError, Result, StreamHandle, StreamSender};
 use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::exec::ExecRequest;
 use crate::core::files::Entry;
@@ -93,13 +93,26 @@ impl Client {
         &self,
         mut req: ExecRequest,
         stdin: Option<R>,
-        mut on_output: impl FnMut(Kind, Bytes) -> ControlFlow<()>,
+        on_output: impl FnMut(Kind, Bytes) -> ControlFlow<()>,
     ) -> Result<ExecEnd>
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
         req.stdin = stdin.is_some();
-        let mut s = self.open(&Request::Exec(req)).await?;
+        let s = self.open(&Request::Exec(req)).await?;
+        Client::exec_on(s, stdin, on_output).await
+    }
+
+    /// Drives a command's stream, opened with `stdin` set as `stdin` is given: feeds stdin,
+    /// hands each piece of output to `on_output`, returns the end.
+    pub async fn exec_on<R>(
+        mut s: StreamHandle,
+        stdin: Option<R>,
+        mut on_output: impl FnMut(Kind, Bytes) -> ControlFlow<()>,
+    ) -> Result<ExecEnd>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
         let feeder = stdin.map(|r| feed_stdin((*s).clone(), r));
         let mut feeder = std::pin::pin!(async move {
             match feeder {
