@@ -140,8 +140,9 @@ pub struct Audit {
 impl Audit {
     /// Opens (or creates) `ferry.db` in `data_dir`, applies migrations and starts the writer.
     pub async fn open(data_dir: &Path) -> anyhow::Result<(Audit, JoinHandle<()>)> {
+        let db = data_dir.join("ferry.db");
         let opts = SqliteConnectOptions::new()
-            .filename(data_dir.join("ferry.db"))
+            .filename(&db)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -158,7 +159,7 @@ impl Audit {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
         let urgent = Arc::new(Notify::new());
-        let writer = writer::start(pool.clone(), rx, urgent.clone())?;
+        let writer = writer::start(db, rx, urgent.clone())?;
         Ok((Audit { pool, tx, urgent }, writer))
     }
 

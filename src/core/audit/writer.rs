@@ -1,9 +1,16 @@
-//! The audit store's one writer task: events arrive on a bounded channel and are written in
-//! batches, one transaction each, off the request path.
+//! The audit store's one writer: events arrive on a bounded channel and are written in
+//! batches, one transaction each, off the request path, through a SQLite connection of the
+//! writer's own thread.
+//!
+//! Why its own connection rather than one of the pool's: a pooled connection runs on a
+//! thread of its own, so each statement cost two thread wake-ups. A command's start row,
+//! which its command waits for, took four (160 us on a 2-core VM); every 1 KiB download's row
+//! cost more in hand-overs than SQLite takes to store it.
 
 use crate::core::audit::{Actor, CommandEnd, DigestRow, TransferRow, now_ms};
 use futures_util::FutureExt;
-use sqlx::{Acquire, QueryBuilder, Sqlite, SqlitePool};
+use rusqlite::{Connection, OpenFlags, params};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -30,15 +37,15 @@ pub(super) enum Event {
     Digest(DigestRow),
     ForgetDigest(String),
     Flush(oneshot::Sender<()>),
-    /// As a flush, then the writer gives its connection back and ends (the server is stopping).
+    /// As a flush, then the writer closes its connection and ends (the server is stopping).
     Close(oneshot::Sender<()>),
 }
 
-/// Starts [`writer`] on a thread of its own, with a runtime of its own: building each batch's
-/// statements then takes nothing from the async workers that serve requests, and its timer
+/// Starts [`writer`] on a thread of its own, with a runtime of its own: building and writing
+/// each batch then takes nothing from the async workers that serve requests, and its timer
 /// outlives theirs. The handle ends when the writer does (every sender gone, or `Close`).
 pub(super) fn start(
-    pool: SqlitePool,
+    db: PathBuf,
     rx: mpsc::Receiver<Event>,
     urgent: Arc<Notify>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -49,7 +56,7 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name("ferry-audit".into())
         .spawn(move || {
-            runtime.block_on(writer(pool, rx, urgent));
+            runtime.block_on(writer(db, rx, urgent));
             let _ = done.send(());
         })?;
     // Whether the thread returned or panicked, the sender is gone once it has stopped.
@@ -58,11 +65,23 @@ pub(super) fn start(
     }))
 }
 
+/// Opens the writer's connection to the store at `db` (created and migrated already), with
+/// the pool's settings.
+pub(super) fn open(db: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(db, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL is a property of the file, set when the pool created it; these are per connection.
+    // A small page cache: the store is written in batches, and memory counts.
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -512;")?;
+    Ok(conn)
+}
+
 /// Writes batches until every sender is gone, on a connection of its own (whose page cache
 /// stays warm). Rows nobody waits for wait up to [`LINGER`] for company, cut short by `urgent`
 /// (someone awaits a row): under load one wake-up and one transaction then carry many rows,
 /// and a session's start row goes in with its first command's rather than ahead of it.
-pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urgent: Arc<Notify>) {
+pub(super) async fn writer(db: PathBuf, mut rx: mpsc::Receiver<Event>, urgent: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut conn = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -82,7 +101,7 @@ pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urge
         let closing = batch.iter().any(|e| matches!(e, Event::Close(_)));
         let c = match conn {
             Some(ref mut c) => c,
-            None => match pool.acquire().await {
+            None => match open(&db) {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     // Those who wait for these rows are told they were not written.
@@ -95,12 +114,10 @@ pub(super) async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Event>, urge
                 }
             },
         };
-        if let Err(e) = write_batch(c, &mut batch).await {
+        if let Err(e) = write_batch(c, &mut batch) {
             tracing::error!(error = %e, "audit batch failed");
             // The next batch starts on a fresh connection, whatever state this one was left in.
-            if let Some(c) = conn.take() {
-                drop(c.detach());
-            }
+            conn = None;
         }
         batch.clear();
         if closing {
@@ -137,19 +154,8 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Writes a batch in one transaction, then acknowledges those who wait for it. If the
 /// transaction fails, each event is written alone, so that one bad row costs only itself: a
 /// command whose start row fails is refused, the others run.
-async fn write_batch(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &mut Vec<Event>,
-) -> sqlx::Result<()> {
-    let whole = if batch.len() <= AT_ONCE {
-        write_at_once(conn, batch).await
-    } else {
-        let mut tx = conn.begin().await?;
-        match write_events(&mut tx, batch).await {
-            Ok(()) => tx.commit().await,
-            Err(e) => Err(e),
-        }
-    };
+fn write_batch(conn: &mut Connection, batch: &mut Vec<Event>) -> rusqlite::Result<()> {
+    let whole = write_events(conn, batch);
     let single = batch.len() == 1;
     let mut failed = None;
     for ev in batch.drain(..) {
@@ -158,7 +164,7 @@ async fn write_batch(
             Err(_) if matches!(ev, Event::Flush(_) | Event::Close(_)) => true,
             Err(_) if single => false,
             Err(_) => {
-                let alone = write_at_once(conn, std::slice::from_ref(&ev)).await;
+                let alone = write_events(conn, std::slice::from_ref(&ev));
                 alone.map_err(|e| failed = Some(e)).is_ok()
             }
         };
@@ -178,69 +184,39 @@ async fn write_batch(
     }
 }
 
-/// Most events of a batch sent to SQLite as one string of statements. Each trip to the
-/// connection's thread costs two thread wake-ups, more than SQLite takes to store a row, so a
-/// command's start row (which its command waits for) and whatever came with it go in one trip;
-/// a bigger batch, under load, goes a statement at a time in a transaction.
-const AT_ONCE: usize = 8;
-
-/// Writes a few events in one trip, between `BEGIN` and `COMMIT` (rolled back if one fails).
-/// On a connection left inside a transaction, `BEGIN` fails and nothing is acknowledged.
-async fn write_at_once(conn: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
-    let mut q = QueryBuilder::new("BEGIN; ");
-    let mut rows = 0;
-    for ev in batch {
-        if push_event(&mut q, ev) {
-            q.push("; ");
-            rows += 1;
-        }
-    }
-    if rows == 0 {
+/// Writes `batch` in one transaction (rolled back if a row fails); nothing for a batch of
+/// flushes and closes only.
+fn write_events(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> {
+    if batch
+        .iter()
+        .all(|e| matches!(e, Event::Flush(_) | Event::Close(_)))
+    {
         return Ok(());
     }
-    q.push("COMMIT;");
-    // One or two rows make at most 56 statement strings, which stay prepared in sqlx's cache
-    // (100 per connection); longer mixes are prepared for the trip alone.
-    let written = q.build().persistent(rows <= 2).execute(&mut *conn).await;
-    if written.is_err() {
-        // The failed statement ended the trip with the transaction still open.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    }
-    written.map(|_| ())
-}
-
-async fn write_events(tx: &mut sqlx::SqliteConnection, batch: &[Event]) -> sqlx::Result<()> {
-    let mut transfers = Vec::new();
+    let tx = conn.transaction()?;
     for ev in batch {
-        // Rows keep their order: gathered transfers go in before any other event.
-        if let Event::Transfer(t) = ev {
-            transfers.push(&**t);
-            continue;
-        }
-        insert_transfers(tx, &mut transfers).await?;
-        let mut q = QueryBuilder::new("");
-        if push_event(&mut q, ev) {
-            q.build().execute(&mut *tx).await?;
-        }
+        write_event(&tx, ev)?;
     }
-    insert_transfers(tx, &mut transfers).await?;
-    Ok(())
+    tx.commit()
 }
 
-/// Appends the statement that records `ev` (none for a flush or a close); says whether it did.
-fn push_event(q: &mut QueryBuilder<Sqlite>, ev: &Event) -> bool {
+/// Records `ev` with its statement, prepared once per connection (nothing for a flush or a
+/// close).
+fn write_event(c: &Connection, ev: &Event) -> rusqlite::Result<()> {
     match ev {
-        Event::SessionStart(a, at) => {
-            q.push("INSERT INTO sessions (id, transport, peer, started_at, user, role) ");
-            q.push_values([()], |mut b, ()| {
-                b.push_bind(&a.session_id)
-                    .push_bind(a.transport)
-                    .push_bind(&a.peer)
-                    .push_bind(*at)
-                    .push_bind(&a.principal.name)
-                    .push_bind(a.principal.role.as_str());
-            });
-        }
+        Event::SessionStart(a, at) => c
+            .prepare_cached(
+                "INSERT INTO sessions (id, transport, peer, started_at, user, role) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                &*a.session_id,
+                a.transport,
+                &*a.peer,
+                at,
+                &*a.principal.name,
+                a.principal.role.as_str(),
+            ])?,
         Event::CommandStart {
             id,
             actor,
@@ -248,81 +224,95 @@ fn push_event(q: &mut QueryBuilder<Sqlite>, ev: &Event) -> bool {
             cwd,
             at,
             ..
-        } => {
-            q.push(
-                "INSERT INTO commands (id, session_id, transport, peer, command, cwd, started_at) ",
-            );
-            q.push_values([()], |mut b, ()| {
-                b.push_bind(id)
-                    .push_bind(&actor.session_id)
-                    .push_bind(actor.transport)
-                    .push_bind(&actor.peer)
-                    .push_bind(command)
-                    .push_bind(cwd)
-                    .push_bind(*at);
-            });
-        }
+        } => c
+            .prepare_cached(
+                "INSERT INTO commands (id, session_id, transport, peer, command, cwd, \
+                 started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                id,
+                &*actor.session_id,
+                actor.transport,
+                &*actor.peer,
+                command,
+                cwd,
+                at,
+            ])?,
         Event::SessionEnd {
             id,
             bytes_in,
             bytes_out,
             reason,
-        } => {
-            q.push("UPDATE sessions SET ended_at = ")
-                .push_bind(now_ms())
-                .push(", bytes_in = ")
-                .push_bind(*bytes_in as i64)
-                .push(", bytes_out = ")
-                .push_bind(*bytes_out as i64)
-                .push(", end_reason = ")
-                .push_bind(reason)
-                .push(" WHERE id = ")
-                .push_bind(id);
-        }
-        Event::CommandEnd(c) => {
-            q.push("UPDATE commands SET ended_at = ")
-                .push_bind(now_ms())
-                .push(", exit_code = ")
-                .push_bind(c.exit_code)
-                .push(", signal = ")
-                .push_bind(c.signal)
-                .push(", duration_ms = ")
-                .push_bind(c.duration_ms as i64)
-                .push(", bytes_out = ")
-                .push_bind(c.bytes_out as i64)
-                .push(", truncated = ")
-                .push_bind(c.truncated)
-                .push(", error = ")
-                .push_bind(&c.error)
-                .push(" WHERE id = ")
-                .push_bind(&c.id);
-        }
-        Event::Transfer(t) => push_transfers(q, std::slice::from_ref(&&**t)),
-        Event::Digest(d) => {
-            q.push("INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) ");
-            q.push_values([()], |mut b, ()| {
-                b.push_bind(&d.path)
-                    .push_bind(d.size as i64)
-                    .push_bind(d.mtime_ns)
-                    .push_bind(d.ino as i64)
-                    .push_bind(d.ctime_ns)
-                    .push_bind(&d.md5);
-            });
-            q.push(
-                " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, \
-                 ino = excluded.ino, ctime_ns = excluded.ctime_ns, md5 = excluded.md5",
-            );
-        }
-        Event::ForgetDigest(path) => {
-            q.push("DELETE FROM digests WHERE path = ").push_bind(path);
-        }
-        Event::Flush(_) | Event::Close(_) => return false,
-    }
-    true
+        } => c
+            .prepare_cached(
+                "UPDATE sessions SET ended_at = ?, bytes_in = ?, bytes_out = ?, end_reason = ? \
+                 WHERE id = ?",
+            )?
+            .execute(params![
+                now_ms(),
+                *bytes_in as i64,
+                *bytes_out as i64,
+                reason,
+                id
+            ])?,
+        Event::CommandEnd(e) => c
+            .prepare_cached(
+                "UPDATE commands SET ended_at = ?, exit_code = ?, signal = ?, duration_ms = ?, \
+                 bytes_out = ?, truncated = ?, error = ? WHERE id = ?",
+            )?
+            .execute(params![
+                now_ms(),
+                e.exit_code,
+                e.signal,
+                e.duration_ms as i64,
+                e.bytes_out as i64,
+                e.truncated,
+                e.error,
+                e.id,
+            ])?,
+        Event::Transfer(t) => c
+            .prepare_cached(
+                "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, \
+                 bytes, md5, expected_md5, result, started_at, ended_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                &*t.id,
+                &*t.actor.session_id,
+                t.actor.transport,
+                &*t.actor.peer,
+                &*t.path,
+                t.direction,
+                t.size as i64,
+                t.bytes as i64,
+                t.md5.as_deref(),
+                t.expected_md5.as_deref(),
+                t.result,
+                t.started_at,
+                t.ended_at,
+            ])?,
+        Event::Digest(d) => c
+            .prepare_cached(
+                "INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET \
+                 size = excluded.size, mtime_ns = excluded.mtime_ns, ino = excluded.ino, \
+                 ctime_ns = excluded.ctime_ns, md5 = excluded.md5",
+            )?
+            .execute(params![
+                d.path,
+                d.size as i64,
+                d.mtime_ns,
+                d.ino as i64,
+                d.ctime_ns,
+                d.md5
+            ])?,
+        Event::ForgetDigest(path) => c
+            .prepare_cached("DELETE FROM digests WHERE path = ?")?
+            .execute(params![path])?,
+        Event::Flush(_) | Event::Close(_) => 0,
+    };
+    Ok(())
 }
-
-mod transfers;
-use transfers::{insert_transfers, push_transfers};
 
 #[cfg(test)]
 mod tests;
