@@ -6,6 +6,7 @@ use crate::core::checksum::{Md5Stream, Md5Thread};
 use crate::core::direct::FileWriter;
 use crate::core::error::{Code, Error, Result};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
 /// Hashes on one thread while writing on this one; checks size and MD5; fsyncs. Returns the MD5
@@ -23,24 +24,50 @@ pub(super) fn write_and_verify(
         Err(e) => return (Err(Error::internal(e)), None),
     };
     let mut written = 0u64;
-    // A batch taken from the queue that did not fit in the previous write.
+    // Batches handed to the hashing thread and not yet written, oldest first, with their bytes.
+    let mut ahead: VecDeque<(Vec<Bytes>, u64)> = VecDeque::new();
+    let mut ahead_bytes = 0u64;
+    // A batch taken from the queue that did not fit in the previous one.
     let mut carried: Option<Vec<Bytes>> = None;
-    while let Some(mut batch) = carried.take().or_else(|| rx.blocking_recv()) {
-        // Whatever else is already queued goes into the same write and the same hand-over to
-        // the hashing thread, up to `BATCH`: each wake-up of a thread moves as much as it can.
-        let mut n = bytes_in(&batch);
-        while n < BATCH && batch.len() < BATCH_PIECES {
-            let Ok(more) = rx.try_recv() else { break };
-            let m = bytes_in(&more);
-            if n + m > BATCH {
-                carried = Some(more);
+    let mut open = true;
+    loop {
+        // What is queued goes to the hashing thread before the disk gets the oldest of it: a
+        // write that stalls (a fresh page of a file in memory can be a fault on the host of a
+        // virtual machine) then leaves the hashing busy with what came meanwhile, up to `AHEAD`.
+        while open && ahead_bytes < AHEAD {
+            let first = match carried.take() {
+                Some(b) => Some(b),
+                // Wait only when nothing is left to write.
+                None if ahead.is_empty() => rx.blocking_recv(),
+                None => rx.try_recv().ok(),
+            };
+            let Some(mut batch) = first else {
+                // Nothing queued now (or, having waited, the sender is gone).
+                open = !ahead.is_empty() || !rx.is_closed();
                 break;
+            };
+            // Whatever else is already queued goes into the same write and the same hand-over
+            // to the hashing thread, up to `BATCH`: each wake-up of a thread moves as much as
+            // it can.
+            let mut n = bytes_in(&batch);
+            while n < BATCH && batch.len() < BATCH_PIECES {
+                let Ok(more) = rx.try_recv() else { break };
+                let m = bytes_in(&more);
+                if n + m > BATCH {
+                    carried = Some(more);
+                    break;
+                }
+                n += m;
+                batch.extend(more);
             }
-            n += m;
-            batch.extend(more);
+            hasher.update_batch(batch.clone());
+            ahead.push_back((batch, n));
+            ahead_bytes += n;
         }
-        // Hashed while it is written.
-        hasher.update_batch(batch.clone());
+        let Some((batch, n)) = ahead.pop_front() else {
+            break;
+        };
+        ahead_bytes -= n;
         if let Err(e) = out.write_batch(&batch) {
             return (Err(Error::internal(e)), None);
         }
@@ -82,6 +109,9 @@ pub(super) fn write_and_verify(
 /// Bytes the disk thread writes and hands to the hashing thread at once, at most (unless one
 /// batch from the queue is larger by itself).
 const BATCH: u64 = 1 << 20;
+
+/// Bytes handed to the hashing thread ahead of the disk, at most (beyond one batch).
+const AHEAD: u64 = 4 << 20;
 
 /// Bytes in a batch.
 fn bytes_in(batch: &[Bytes]) -> u64 {
