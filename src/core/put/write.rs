@@ -29,23 +29,19 @@ pub(super) fn write_and_verify(
     let mut ahead_bytes = 0u64;
     // A batch taken from the queue that did not fit in the previous one.
     let mut carried: Option<Vec<Bytes>> = None;
-    let mut open = true;
     loop {
         // What is queued goes to the hashing thread before the disk gets the oldest of it: a
         // write that stalls (a fresh page of a file in memory can be a fault on the host of a
         // virtual machine) then leaves the hashing busy with what came meanwhile, up to `AHEAD`.
-        while open && ahead_bytes < AHEAD {
-            let first = match carried.take() {
+        while ahead_bytes < AHEAD {
+            let next = match carried.take() {
                 Some(b) => Some(b),
                 // Wait only when nothing is left to write.
                 None if ahead.is_empty() => rx.blocking_recv(),
                 None => rx.try_recv().ok(),
             };
-            let Some(mut batch) = first else {
-                // Nothing queued now (or, having waited, the sender is gone).
-                open = !ahead.is_empty() || !rx.is_closed();
-                break;
-            };
+            // Nothing queued now, or (having waited) the sender is gone.
+            let Some(mut batch) = next else { break };
             // Whatever else is already queued goes into the same write and the same hand-over
             // to the hashing thread, up to `BATCH`: each wake-up of a thread moves as much as
             // it can.
@@ -64,6 +60,7 @@ pub(super) fn write_and_verify(
             ahead.push_back((batch, n));
             ahead_bytes += n;
         }
+        // Nothing left to write, and nothing more will come.
         let Some((batch, n)) = ahead.pop_front() else {
             break;
         };
@@ -120,3 +117,48 @@ fn bytes_in(batch: &[Bytes]) -> u64 {
 
 /// Pieces in one batch, at most (one `writev` takes at most 1024).
 const BATCH_PIECES: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches of every size, more than `AHEAD` in all and some bigger than `BATCH`, are
+    /// written whole and in order, and hashed in the same order.
+    #[test]
+    fn every_batch_is_written_and_hashed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let sizes = [1usize, 4096, 300 << 10, 7, 2 << 20, 65536, 1 << 20, 13];
+        let mut all = Vec::new();
+        let mut batches = Vec::new();
+        for (i, n) in sizes.iter().cycle().take(40).enumerate() {
+            let piece: Vec<u8> = (0..*n).map(|j| (i * 31 + j) as u8).collect();
+            all.extend_from_slice(&piece);
+            batches.push(vec![Bytes::from(piece)]);
+        }
+        assert!(all.len() as u64 > 2 * AHEAD);
+        let (tx, rx) = mpsc::channel(2);
+        let sender = std::thread::spawn(move || {
+            for b in batches {
+                tx.blocking_send(b).unwrap();
+            }
+        });
+        // The request side saw every byte.
+        let commit = Commit::default();
+        commit.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (file, md5) = write_and_verify(file, rx, Some(all.len() as u64), None, &commit);
+        sender.join().unwrap();
+        file.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), all);
+        let mut want = Md5Stream::new();
+        want.update(&all);
+        assert_eq!(md5.unwrap(), want.hex());
+    }
+}
