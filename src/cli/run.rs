@@ -20,15 +20,24 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// `ferry-data/token`. With none, the connection is anonymous (enough on a `--public-read`
 /// server to download).
 pub(super) async fn connect(conn: &Conn) -> anyhow::Result<Client> {
-    Ok(connect_opening(conn, None).await?.0)
+    let (token, tls) = credentials(conn)?;
+    Client::connect_with(&conn.addr, &token, tls.as_ref())
+        .await
+        .map_err(|e| friendly(conn, &token, tls.is_some(), e))
 }
 
 /// As [`connect`], opening a stream with `first` in the same write as the hello (see
-/// [`Client::connect_opening`]).
-pub(super) async fn connect_opening(
-    conn: &Conn,
-    first: Option<&Request>,
-) -> anyhow::Result<(Client, Option<StreamHandle>)> {
+/// [`Client::connect_opening`]); the stream keeps the connection.
+pub(super) async fn connect_opening(conn: &Conn, first: &Request) -> anyhow::Result<StreamHandle> {
+    let (token, tls) = credentials(conn)?;
+    Client::connect_opening(&conn.addr, &token, tls.as_ref(), first)
+        .await
+        .map(|(_, stream)| stream)
+        .map_err(|e| friendly(conn, &token, tls.is_some(), e))
+}
+
+/// The token to send (empty for none) and the TLS set-up, from the flags and the environment.
+fn credentials(conn: &Conn) -> anyhow::Result<(String, Option<ClientTls>)> {
     // The local server's token is only ever sent to a server on this machine.
     let token = conn.token.clone().or_else(|| {
         if !is_loopback(&conn.addr) {
@@ -45,33 +54,28 @@ pub(super) async fn connect_opening(
         (None, true) => Some(ClientTls::system()?),
         (None, false) => None,
     };
-    let token = token.as_deref().unwrap_or("");
-    let connected = match first {
-        None => Client::connect_with(&conn.addr, token, tls.as_ref())
-            .await
-            .map(|c| (c, None)),
-        Some(req) => Client::connect_opening(&conn.addr, token, tls.as_ref(), req)
-            .await
-            .map(|(c, s)| (c, Some(s))),
-    };
-    match connected {
-        Ok(c) => Ok(c),
-        Err(ClientError::Io(e)) => Err(anyhow::anyhow!(
+    Ok((token.unwrap_or_default(), tls))
+}
+
+/// A failed connection, said in the user's terms: no server, no or a wrong token, or a TLS
+/// server reached without `--tls`.
+fn friendly(conn: &Conn, token: &str, tls: bool, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Io(e) => anyhow::anyhow!(
             "cannot reach ferry at {}: {e} (is `ferry serve` running there?)",
             conn.addr
-        )),
-        Err(e) if e.code() == Some(Code::Unauthorized) && token.is_empty() => Err(anyhow::anyhow!(
+        ),
+        e if e.code() == Some(Code::Unauthorized) && token.is_empty() => anyhow::anyhow!(
             "no token: pass --token or set FERRY_TOKEN (ferry serve prints it at first start)"
-        )),
-        Err(e) if e.code() == Some(Code::Unauthorized) => Err(anyhow::anyhow!(
+        ),
+        e if e.code() == Some(Code::Unauthorized) => anyhow::anyhow!(
             "the server at {} refused the token (unauthorized); check --token or FERRY_TOKEN",
             conn.addr
-        )),
-        Err(e @ ClientError::Protocol(_)) if tls.is_none() => Err(anyhow::anyhow!(
-            "{e} (if the server at {} uses TLS, pass --tls)",
-            conn.addr
-        )),
-        Err(e) => Err(e.into()),
+        ),
+        e @ ClientError::Protocol(_) if !tls => {
+            anyhow::anyhow!("{e} (if the server at {} uses TLS, pass --tls)", conn.addr)
+        }
+        e => e.into(),
     }
 }
 
@@ -192,9 +196,8 @@ pub(super) async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     let stdin = (!a.no_stdin && !std::io::stdin().is_terminal()).then(tokio::io::stdin);
     req.stdin = stdin.is_some();
     // The command goes out with the hello: a new connection costs one round trip, not two.
-    let stream = match connect_opening(&a.conn, Some(&Request::Exec(req))).await {
-        Ok((_, Some(s))) => s,
-        Ok((_, None)) => return Err(anyhow::anyhow!("the command's stream was not opened")),
+    let stream = match connect_opening(&a.conn, &Request::Exec(req)).await {
+        Ok(s) => s,
         Err(e) => {
             say!("ferry: {e}");
             return Ok(EXIT_FERRY_ERROR);

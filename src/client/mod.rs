@@ -3,16 +3,17 @@
 //! Used by the `ferry` CLI and the tests; any program written from `docs/protocol.md` is its peer.
 
 mod ops;
+mod stream;
 mod tls;
 
 pub use ops::{GetOutcome, Progress};
+pub use stream::{StreamHandle, StreamSender};
 pub use tls::ClientTls;
 
 use crate::core::error::{Code, Error};
 use crate::listen::{ReadHalf, WriteHalf};
 use crate::tcp::codec::{self, Frame, FrameCodec, HEADER_LEN, Kind};
 use crate::tcp::messages::{ErrorBody, Hello, PROTOCOL_VERSION, Request, Welcome};
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -226,15 +227,7 @@ impl Client {
                 window: window.clone(),
             },
         );
-        StreamHandle {
-            rx,
-            sender: StreamSender {
-                id,
-                window,
-                client: self.clone(),
-            },
-            ended: false,
-        }
+        StreamHandle::new(id, rx, window, self.clone())
     }
 
     async fn send(&self, f: Frame) -> Result<()> {
@@ -249,109 +242,6 @@ fn server_error(f: &Frame) -> ClientError {
     match f.parse::<ErrorBody>() {
         Ok(b) => ClientError::Server(b.into()),
         Err(_) => ClientError::Protocol("an unreadable error frame".into()),
-    }
-}
-
-/// The sending half of a stream; clone it to feed data from another task.
-#[derive(Clone)]
-pub struct StreamSender {
-    /// The stream id.
-    pub id: u32,
-    window: Arc<Semaphore>,
-    client: Client,
-}
-
-impl StreamSender {
-    /// Sends data, waiting for window as needed; splits it into frame-sized pieces.
-    pub async fn send_data(&self, mut bytes: Bytes) -> Result<()> {
-        while !bytes.is_empty() {
-            let piece = bytes.split_to(bytes.len().min(self.client.chunk));
-            let permit = self
-                .window
-                .acquire_many(piece.len() as u32)
-                .await
-                .map_err(|_| ClientError::Protocol("the connection closed".into()))?;
-            permit.forget();
-            self.client
-                .send(Frame::new(Kind::Data, self.id, piece))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Says that no more stdin follows.
-    pub async fn send_eof(&self) -> Result<()> {
-        self.send_eof_with(Bytes::new()).await
-    }
-
-    /// Ends the data with an `Eof` that carries `payload` (a put's trailing MD5).
-    pub async fn send_eof_with(&self, payload: Bytes) -> Result<()> {
-        self.client
-            .send(Frame::new(Kind::Eof, self.id, payload))
-            .await
-    }
-
-    /// Asks the server to cancel the stream.
-    pub async fn cancel(&self) -> Result<()> {
-        self.client
-            .send(Frame::new(Kind::Cancel, self.id, Bytes::new()))
-            .await
-    }
-
-    /// The largest data payload sent in one frame.
-    pub fn chunk(&self) -> usize {
-        self.client.chunk
-    }
-}
-
-/// One stream: read its frames in order; send through its [`StreamSender`].
-pub struct StreamHandle {
-    rx: mpsc::UnboundedReceiver<Frame>,
-    sender: StreamSender,
-    ended: bool,
-}
-
-impl std::ops::Deref for StreamHandle {
-    type Target = StreamSender;
-    fn deref(&self) -> &StreamSender {
-        &self.sender
-    }
-}
-
-impl StreamHandle {
-    /// The next frame of the stream; data frames are granted back to the server as they are taken.
-    /// An `Error` frame becomes `Err`.
-    pub async fn recv(&mut self) -> Result<Frame> {
-        let f = self
-            .rx
-            .recv()
-            .await
-            .ok_or_else(|| ClientError::Protocol("the connection closed mid-stream".into()))?;
-        self.ended |= matches!(f.kind, Kind::End | Kind::Error);
-        if f.kind == Kind::Error {
-            return Err(server_error(&f));
-        }
-        if f.kind.is_flow_controlled() && !f.payload.is_empty() {
-            let grant = Frame::window(self.sender.id, f.payload.len() as u32);
-            self.sender.client.send(grant).await?;
-        }
-        Ok(f)
-    }
-}
-
-impl Drop for StreamHandle {
-    fn drop(&mut self) {
-        self.sender
-            .client
-            .streams
-            .lock()
-            .unwrap()
-            .remove(&self.sender.id);
-        // A stream dropped before its end is cancelled, so the server stops its work.
-        if !self.ended {
-            let cancel = Frame::new(Kind::Cancel, self.sender.id, Bytes::new());
-            let _ = self.sender.client.out.try_send(cancel);
-        }
     }
 }
 
