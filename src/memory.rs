@@ -101,7 +101,7 @@ unsafe impl GlobalAlloc for Split {
         // SAFETY: the caller's layout, passed on.
         unsafe {
             match maker_for(layout.size()) {
-                Maker::Mimalloc => mi::alloc(layout),
+                Maker::Mimalloc => mi::alloc(layout, false),
                 Maker::System => noted(System.alloc(layout), layout.size()),
             }
         }
@@ -111,7 +111,7 @@ unsafe impl GlobalAlloc for Split {
         // SAFETY: the caller's layout, passed on.
         unsafe {
             match maker_for(layout.size()) {
-                Maker::Mimalloc => mi::alloc_zeroed(layout),
+                Maker::Mimalloc => mi::alloc(layout, true),
                 Maker::System => noted(System.alloc_zeroed(layout), layout.size()),
             }
         }
@@ -181,27 +181,18 @@ mod mi {
         align <= MIN_ALIGN && align <= size
     }
 
-    /// A new block for `layout`.
-    pub(super) unsafe fn alloc(layout: Layout) -> *mut u8 {
+    /// A new block for `layout`, zeroed if `zeroed`.
+    pub(super) unsafe fn alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+        let (size, align) = (layout.size(), layout.align());
         // SAFETY: mimalloc's allocation calls take any size and a power-of-two alignment.
         unsafe {
-            if plain(layout.align(), layout.size()) {
-                sys::mi_malloc(layout.size()).cast()
-            } else {
-                sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            match (plain(align, size), zeroed) {
+                (true, false) => sys::mi_malloc(size),
+                (true, true) => sys::mi_zalloc(size),
+                (false, false) => sys::mi_malloc_aligned(size, align),
+                (false, true) => sys::mi_zalloc_aligned(size, align),
             }
-        }
-    }
-
-    /// A new zeroed block for `layout`.
-    pub(super) unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
-        // SAFETY: as in `alloc`.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                sys::mi_zalloc(layout.size()).cast()
-            } else {
-                sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
+            .cast()
         }
     }
 
