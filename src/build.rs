@@ -1,4 +1,5 @@
-//! Build script: the release server's running code laid out side by side.
+//! Build script: the release server's running code laid out side by side, and a rebuild
+//! whenever a migration is added.
 //!
 //! `src/link/ferry.order` (written by `bench/order`) lists the functions a serving ferry runs.
 //! The kernel maps a program's code in 64 KiB windows around each page it touches, so packing
@@ -8,6 +9,8 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=src/link/ferry.order");
+    // `sqlx::migrate!` embeds migrations/ at compile time: a new file there must rebuild ferry.
+    println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let release = var("PROFILE") == "release";

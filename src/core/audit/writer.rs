@@ -194,10 +194,71 @@ fn write_events(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> 
         return Ok(());
     }
     let tx = conn.transaction()?;
-    for ev in batch {
-        write_event(&tx, ev)?;
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let run = rest
+            .iter()
+            .take(TRANSFER_RUN)
+            .take_while(|e| matches!(e, Event::Transfer(_)))
+            .count();
+        let done = if run == TRANSFER_RUN {
+            write_transfers(&tx, &rest[..run])?;
+            run
+        } else {
+            write_event(&tx, &rest[0])?;
+            1
+        };
+        rest = &rest[done..];
     }
     tx.commit()
+}
+
+/// Transfer rows that come together are written this many to a statement: per row, finding
+/// a statement, running it to its end and resetting it cost SQLite more than storing the row.
+const TRANSFER_RUN: usize = 16;
+
+/// Inserts the transfer rows among `events` (one, or [`TRANSFER_RUN`]) with one statement.
+/// `OR FAIL`: a row that fails ends the statement without undoing the rows before it, so
+/// SQLite keeps no statement journal for it; the caller rolls the whole transaction back.
+fn write_transfers(c: &Connection, events: &[Event]) -> rusqlite::Result<()> {
+    static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let [one, run] = SQL.get_or_init(|| {
+        let values = |n| vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+        [1, TRANSFER_RUN].map(|n| {
+            format!(
+                "INSERT OR FAIL INTO transfers (id, session_id, transport, peer, path, \
+                 direction, size, bytes, md5, expected_md5, result, started_at, ended_at) \
+                 VALUES {}",
+                values(n)
+            )
+        })
+    });
+    let mut st = c.prepare_cached(if events.len() == 1 { one } else { run })?;
+    let mut at = 1;
+    for ev in events {
+        let Event::Transfer(t) = ev else { continue };
+        let values: [&dyn rusqlite::ToSql; 13] = [
+            &&*t.id,
+            &&*t.actor.session_id,
+            &t.actor.transport,
+            &&*t.actor.peer,
+            &&*t.path,
+            &t.direction,
+            &(t.size as i64),
+            &(t.bytes as i64),
+            &t.md5.as_deref(),
+            &t.expected_md5.as_deref(),
+            &t.result,
+            &t.started_at,
+            &t.ended_at,
+        ];
+        for v in values {
+            st.raw_bind_parameter(at, v)?;
+            at += 1;
+        }
+    }
+    st.raw_execute()?;
+    Ok(())
 }
 
 /// Records `ev` with its statement, prepared once per connection (nothing for a flush or a
@@ -270,27 +331,10 @@ fn write_event(c: &Connection, ev: &Event) -> rusqlite::Result<()> {
                 e.error,
                 e.id,
             ])?,
-        Event::Transfer(t) => c
-            .prepare_cached(
-                "INSERT INTO transfers (id, session_id, transport, peer, path, direction, size, \
-                 bytes, md5, expected_md5, result, started_at, ended_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?
-            .execute(params![
-                &*t.id,
-                &*t.actor.session_id,
-                t.actor.transport,
-                &*t.actor.peer,
-                &*t.path,
-                t.direction,
-                t.size as i64,
-                t.bytes as i64,
-                t.md5.as_deref(),
-                t.expected_md5.as_deref(),
-                t.result,
-                t.started_at,
-                t.ended_at,
-            ])?,
+        Event::Transfer(_) => {
+            write_transfers(c, std::slice::from_ref(ev))?;
+            0
+        }
         Event::Digest(d) => c
             .prepare_cached(
                 "INSERT INTO digests (path, size, mtime_ns, ino, ctime_ns, md5) \

@@ -117,6 +117,16 @@ async fn a_big_batch_goes_in_one_transaction_in_order() {
         .await
         .unwrap();
     assert_eq!(transfers, BIG as i64);
+    // Runs of rows share a statement: each value lands in its own column, each row once.
+    let whole: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT id) FROM transfers WHERE session_id = 's2' AND path = 'f' \
+         AND direction = 'get' AND size = 1 AND bytes = 1 AND md5 IS NULL \
+         AND result = 'verified' AND ended_at >= started_at",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(whole, BIG as i64);
     let ended: Option<i64> = sqlx::query_scalar("SELECT exit_code FROM commands WHERE id = 'c9'")
         .fetch_one(&pool)
         .await
@@ -159,4 +169,24 @@ fn a_full_batch_or_an_awaited_row_does_not_linger() {
     assert!(!lingers(&[transfer("t"), c]), "a command waits for its row");
     let (flush, _flushed) = oneshot::channel();
     assert!(!lingers(&[Event::Flush(flush)]));
+}
+
+/// A bad row among transfer rows written together costs only itself too: the rows of its
+/// statement before and after it are stored.
+#[tokio::test]
+async fn a_bad_row_in_a_run_of_transfers_costs_only_itself() {
+    let (_dir, pool, mut conn) = store().await;
+    let mut batch: Vec<Event> = (0..BIG).map(|i| transfer(&format!("u{i:02}"))).collect();
+    batch[7] = transfer("u03");
+    let result = write_batch(&mut conn, &mut batch);
+    assert!(result.is_err(), "the bad row is reported");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM transfers ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let want: Vec<String> = (0..BIG)
+        .filter(|i| *i != 7)
+        .map(|i| format!("u{i:02}"))
+        .collect();
+    assert_eq!(ids, want);
 }
