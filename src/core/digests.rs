@@ -1,7 +1,7 @@
 //! The in-memory digest cache, keyed by path and checked against size, mtime and inode.
 
 use crate::core::audit::{Audit, DigestRow};
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The identity of a file's content as the filesystem reports it.

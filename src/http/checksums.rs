@@ -8,7 +8,7 @@ use crate::http::ApiError;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 

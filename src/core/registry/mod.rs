@@ -2,7 +2,8 @@
 
 use crate::core::audit::{Actor, now_ms};
 use crate::core::metrics::{ByteCounters, Metrics};
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
