@@ -1,6 +1,6 @@
 //! Uploads: hashed on the way in, fsynced, renamed into place only when size and MD5 match.
 
-use crate::core::audit::{Actor, now_ms};
+use crate::core::audit::Actor;
 use crate::core::auth::Action;
 use crate::core::checksum::is_md5_hex;
 use crate::core::error::{Code, Error, Result};
@@ -84,7 +84,6 @@ impl Files {
                 actor: actor.clone(),
                 path: rel.as_str().into(),
                 handle: Some(handle),
-                started_at: now_ms(),
                 size: size.unwrap_or(0),
             },
             commit,
@@ -248,7 +247,12 @@ impl PutSink {
             let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
             let _ = self.stop_worker().await;
             self.ctx
-                .record("put", TransferState::Failed, None, self.expected.clone())
+                .record(
+                    "put",
+                    TransferState::Failed,
+                    None,
+                    self.expected.clone().map(Into::into),
+                )
                 .await;
             return Err(err);
         }
@@ -257,7 +261,12 @@ impl PutSink {
         {
             let _ = self.stop_worker().await;
             self.ctx
-                .record("put", TransferState::Failed, None, self.expected.clone())
+                .record(
+                    "put",
+                    TransferState::Failed,
+                    None,
+                    self.expected.clone().map(Into::into),
+                )
                 .await;
             return Err(e);
         }
@@ -275,7 +284,12 @@ impl PutSink {
             actual
         };
         self.ctx
-            .record("put", state, md5, self.expected.clone())
+            .record(
+                "put",
+                state,
+                md5.map(Into::into),
+                self.expected.clone().map(Into::into),
+            )
             .await;
         result
     }
@@ -289,7 +303,7 @@ impl PutSink {
             TransferState::Failed
         };
         self.ctx
-            .record("put", state, None, self.expected.clone())
+            .record("put", state, None, self.expected.clone().map(Into::into))
             .await;
     }
 

@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// per process, so two runs of the server in one millisecond do not collide. Ids from one
 /// process only ever grow.
 pub fn new_id() -> Arc<str> {
+    id_at(now_ms())
+}
+
+/// A fresh id as [`new_id`] makes, for a moment `ms` (Unix milliseconds) the caller just read.
+pub fn id_at(ms: i64) -> Arc<str> {
     static LAST: AtomicU64 = AtomicU64::new(0);
     static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let offset = *OFFSET.get_or_init(|| {
@@ -17,7 +22,7 @@ pub fn new_id() -> Arc<str> {
         getrandom::fill(&mut b).expect("the OS random source works");
         u64::from(u32::from_le_bytes(b) & 0x7_ffff)
     });
-    let fresh = ((now_ms() as u64) << 20) | offset;
+    let fresh = ((ms as u64) << 20) | offset;
     let prev = LAST
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
             Some(fresh.max(last + 1))

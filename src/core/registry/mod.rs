@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 mod ids;
 mod views;
-pub use ids::{new_id, random_id};
+pub use ids::{id_at, new_id, random_id};
 pub use views::{CheckInfo, RegistryEvent, SessionInfo, TransferInfo, TransferState, visible};
 
 /// How many finished transfers stay visible.
@@ -172,8 +172,9 @@ impl Registry {
         total: u64,
     ) -> TransferHandle {
         let done = Arc::new(AtomicU64::new(0));
+        let now = now_ms();
         let info = TransferInfo {
-            id: new_id(),
+            id: id_at(now),
             session_id: actor.session_id.clone(),
             user: actor.principal.name.clone(),
             transport: actor.transport,
@@ -184,7 +185,7 @@ impl Registry {
             rate: 0,
             md5: None,
             state: TransferState::InProgress,
-            started_at: now_ms(),
+            started_at: now,
             ended_at: None,
         };
         self.0.inner.lock().unwrap().transfers.insert(
@@ -198,6 +199,7 @@ impl Registry {
         TransferHandle {
             registry: self.clone(),
             id: info.id,
+            started_at: now,
             done,
             finished: false,
         }
@@ -206,7 +208,8 @@ impl Registry {
     /// Active transfers, then recent finished ones (newest first).
     pub fn transfers(&self) -> Vec<TransferInfo> {
         let inner = self.0.inner.lock().unwrap();
-        let mut v: Vec<_> = inner.transfers.values().map(snapshot).collect();
+        let now = now_ms();
+        let mut v: Vec<_> = inner.transfers.values().map(|t| snapshot(t, now)).collect();
         v.sort_by_key(|t| t.started_at);
         v.extend(inner.recent.iter().rev().cloned());
         v
@@ -240,20 +243,20 @@ impl Registry {
             .collect()
     }
 
-    fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<Arc<str>>) {
+    fn finish_transfer(&self, id: &str, state: TransferState, md5: Option<Arc<str>>, at: i64) {
         let info = {
             let mut inner = self.0.inner.lock().unwrap();
             let Some(t) = inner.transfers.remove(id) else {
                 return;
             };
-            let mut info = snapshot(&t);
+            let mut info = snapshot(&t, at);
             // An upload of unannounced size shows its total once it is known.
             if state == TransferState::Verified {
                 info.bytes_total = info.bytes_total.max(info.bytes_done);
             }
             info.state = state;
             info.md5 = md5;
-            info.ended_at = Some(now_ms());
+            info.ended_at = Some(at);
             if inner.recent.len() == RECENT_TRANSFERS {
                 inner.recent.pop_front();
             }
@@ -264,9 +267,10 @@ impl Registry {
     }
 }
 
-fn snapshot(t: &LiveTransfer) -> TransferInfo {
+/// `t` as it stands at `now` (unix ms).
+fn snapshot(t: &LiveTransfer, now: i64) -> TransferInfo {
     let done = t.done.load(Ordering::Relaxed);
-    let elapsed_ms = (now_ms() - t.info.started_at).max(1) as u64;
+    let elapsed_ms = (now - t.info.started_at).max(1) as u64;
     TransferInfo {
         bytes_done: done,
         rate: done.saturating_mul(1000) / elapsed_ms,
@@ -310,6 +314,7 @@ impl Drop for SessionGuard {
 pub struct TransferHandle {
     registry: Registry,
     id: Arc<str>,
+    started_at: i64,
     done: Arc<AtomicU64>,
     finished: bool,
 }
@@ -330,10 +335,15 @@ impl TransferHandle {
         self.done.load(Ordering::Relaxed)
     }
 
-    /// Ends the transfer in `state`.
-    pub fn finish(mut self, state: TransferState, md5: Option<Arc<str>>) {
+    /// When it started, unix ms.
+    pub fn started_at(&self) -> i64 {
+        self.started_at
+    }
+
+    /// Ends the transfer in `state` at `at` (unix ms).
+    pub fn finish(mut self, state: TransferState, md5: Option<Arc<str>>, at: i64) {
         self.finished = true;
-        self.registry.finish_transfer(&self.id, state, md5);
+        self.registry.finish_transfer(&self.id, state, md5, at);
     }
 }
 
@@ -341,7 +351,7 @@ impl Drop for TransferHandle {
     fn drop(&mut self) {
         if !self.finished {
             self.registry
-                .finish_transfer(&self.id, TransferState::Failed, None);
+                .finish_transfer(&self.id, TransferState::Failed, None, now_ms());
         }
     }
 }

@@ -75,7 +75,6 @@ pub(crate) struct TransferCtx {
     pub(crate) actor: Actor,
     pub(crate) path: Arc<str>,
     pub(crate) handle: Option<TransferHandle>,
-    pub(crate) started_at: i64,
     pub(crate) size: u64,
 }
 
@@ -86,17 +85,17 @@ impl TransferCtx {
         &mut self,
         direction: &'static str,
         state: TransferState,
-        md5: Option<String>,
-        expected: Option<String>,
+        md5: Option<Arc<str>>,
+        expected: Option<Arc<str>>,
     ) {
         let Some(handle) = self.handle.take() else {
             return;
         };
         let bytes = handle.done();
         let id = handle.id().clone();
-        let md5: Option<Arc<str>> = md5.map(Into::into);
-        let expected: Option<Arc<str>> = expected.map(Into::into);
-        handle.finish(state, md5.clone());
+        let started_at = handle.started_at();
+        let now = now_ms();
+        handle.finish(state, md5.clone(), now);
         let result = match state {
             TransferState::Verified => "verified",
             TransferState::Mismatch => "mismatch",
@@ -124,7 +123,7 @@ impl TransferCtx {
                 } else {
                     "mismatch"
                 },
-                at: now_ms(),
+                at: now,
             });
         }
         tracing::debug!(transfer = %id, session = %self.actor.session_id, path = %self.path, direction,
@@ -141,8 +140,8 @@ impl TransferCtx {
                 md5,
                 expected_md5: expected,
                 result,
-                started_at: self.started_at,
-                ended_at: now_ms(),
+                started_at,
+                ended_at: now,
             })
             .await;
     }
@@ -208,7 +207,7 @@ impl GetStream {
     /// Ends the transfer after the last chunk; records it.
     pub async fn finish(mut self) -> GetEnd {
         let changed = self.end.unwrap_or(true);
-        let md5 = self.header.md5.clone();
+        let md5: Arc<str> = self.header.md5.as_str().into();
         let state = if changed {
             TransferState::Mismatch
         } else {
@@ -221,7 +220,7 @@ impl GetStream {
         let expected = whole.then(|| md5.clone());
         self.ctx.record("get", state, actual, expected).await;
         GetEnd {
-            md5,
+            md5: std::mem::take(&mut self.header.md5),
             bytes: self.sent,
             changed,
         }
@@ -321,7 +320,6 @@ impl GetFile {
                 actor: self.actor,
                 path,
                 handle: Some(handle),
-                started_at: now_ms(),
                 size,
             },
         })

@@ -226,8 +226,13 @@ impl Uploads {
                     forget_oldest_done(&mut map);
                     (settled, info)
                 };
-                ctx.record("put", TransferState::Verified, Some(done.md5), expected)
-                    .await;
+                ctx.record(
+                    "put",
+                    TransferState::Verified,
+                    Some(done.md5.into()),
+                    expected.map(Into::into),
+                )
+                .await;
                 if let Some(s) = settled {
                     s.cancel();
                 }
@@ -245,7 +250,8 @@ impl Uploads {
                     ctx.size = u.length.unwrap_or(u.offset);
                     take_settled(&mut u)
                 });
-                ctx.record("put", state, md5, expected).await;
+                ctx.record("put", state, md5.map(Into::into), expected.map(Into::into))
+                    .await;
                 if let Some(s) = settled.flatten() {
                     s.cancel();
                 }

@@ -110,7 +110,8 @@ impl Uploads {
         })
         .await;
         ctx.size = up.length.unwrap_or(up.offset);
-        ctx.record("put", state, None, up.expected).await;
+        ctx.record("put", state, None, up.expected.map(Into::into))
+            .await;
         if why != "cancelled" {
             tracing::info!(upload = %id, path = %up.target, reason = why, "upload dropped");
         }

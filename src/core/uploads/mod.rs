@@ -19,7 +19,7 @@ mod state;
 
 pub use append::Append;
 
-use crate::core::audit::{Actor, now_ms};
+use crate::core::audit::Actor;
 use crate::core::auth::Action;
 use crate::core::checksum::Md5Stream;
 use crate::core::error::{Code, Error, Result};
@@ -194,7 +194,6 @@ impl Uploads {
                 actor: actor.clone(),
                 path: rel.as_str().into(),
                 handle: Some(handle),
-                started_at: now_ms(),
                 size: length.unwrap_or(0),
             },
         };
