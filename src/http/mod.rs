@@ -16,6 +16,7 @@ mod login;
 mod origin;
 pub mod range;
 mod routes;
+mod shortcut;
 mod term;
 mod uploads;
 mod web;

@@ -4,7 +4,8 @@ use crate::core::Core;
 use crate::core::error::Code;
 use crate::http::login::{LOGIN_TTL, Logins};
 use crate::http::{
-    ApiError, HttpConfig, api, auth, error, exec, files, linger, login, term, uploads, web,
+    ApiError, HttpConfig, api, auth, error, exec, files, linger, login, shortcut, term, uploads,
+    web,
 };
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -221,6 +222,7 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
         .merge(open)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .with_state(web.clone());
+    let inner = shortcut::Downloads::new(web.core.clone(), inner);
     // The layers wrap the whole router once: `Router::layer` would wrap every route on its
     // own, and each request would then clone and box the stack of its route, layer by layer.
     ServiceBuilder::new()
