@@ -141,7 +141,8 @@ where
 }
 
 /// The whole HTTP application for `core`: the layers wrap the route table directly, with no
-/// router around them (one would match every request against no route, then box its future).
+/// router around them (one would match every request against no route, then box its future),
+/// and the table has plain downloads taken ahead of it (`shortcut::Downloads`).
 pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
     let web = Web {
         core,
@@ -173,6 +174,8 @@ pub fn router(core: Core, cfg: &HttpConfig, shutdown: Shutdown) -> impl App {
     long = at(long, "/term/ws", get(term::ws));
     long = at(long, "/api/v1/recordings/{id}", get(term::recording));
     long = at(long, "/files/", get(files::get_root).head(files::get_root));
+    // Plain `GET`s and `HEAD`s of this route reach `get_file` through `shortcut::Downloads`,
+    // ahead of the table: a layer added here would not apply to them.
     long = at(
         long,
         "/files/{*path}",

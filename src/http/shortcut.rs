@@ -11,7 +11,7 @@ use crate::core::audit::Actor;
 use crate::http::files;
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::Method;
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, Either};
 use std::convert::Infallible;
@@ -51,13 +51,29 @@ where
             return Either::Right(self.router.call(req));
         };
         let core = self.core.clone();
+        let head = req.method() == Method::HEAD;
         // The body as the router hands it to a handler.
         let req = req.map(axum::body::Body::new);
         Either::Left(Box::pin(async move {
             let answer = files::get_file(State(core), Extension(actor), Path(path), req).await;
-            Ok(answer.into_response())
+            Ok(as_routed(answer.into_response(), head))
         }))
     }
+}
+
+/// What axum's router does to a route's answer on its way out: a `Content-Length` from the
+/// body's exact size when the handler set none (a listing, an error), and no body for `HEAD`.
+fn as_routed(mut resp: Response, head: bool) -> Response {
+    if !resp.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(size) = axum::body::HttpBody::size_hint(resp.body()).exact()
+    {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if head {
+        *resp.body_mut() = axum::body::Body::empty();
+    }
+    resp
 }
 
 /// The handler's path argument and actor when `req` is a plain download: `GET` or `HEAD` of
@@ -124,5 +140,20 @@ mod tests {
         assert_eq!(path("GET", "/files/%ff", true), None, "not UTF-8");
         assert_eq!(path("GET", "/filesx/a", true), None);
         assert_eq!(path("GET", "/files/a", false), None, "no actor");
+    }
+
+    /// An answer leaves as the router would let it: with its length, and empty for `HEAD`.
+    #[tokio::test]
+    async fn answers_leave_as_routed() {
+        use axum::response::IntoResponse;
+        let listing = || axum::Json(serde_json::json!({"entries": []})).into_response();
+        let get = super::as_routed(listing(), false);
+        assert_eq!(get.headers()["content-length"], "14");
+        let body = axum::body::to_bytes(get.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"entries":[]}"#);
+        let head = super::as_routed(listing(), true);
+        assert_eq!(head.headers()["content-length"], "14");
+        let body = axum::body::to_bytes(head.into_body(), 1024).await.unwrap();
+        assert!(body.is_empty());
     }
 }

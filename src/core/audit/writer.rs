@@ -233,10 +233,13 @@ fn write_transfers(c: &Connection, events: &[Event]) -> rusqlite::Result<()> {
             )
         })
     });
+    debug_assert!(events.len() == 1 || events.len() == TRANSFER_RUN);
     let mut st = c.prepare_cached(if events.len() == 1 { one } else { run })?;
     let mut at = 1;
     for ev in events {
-        let Event::Transfer(t) = ev else { continue };
+        let Event::Transfer(t) = ev else {
+            unreachable!("only transfer rows are written here")
+        };
         let values: [&dyn rusqlite::ToSql; 13] = [
             &&*t.id,
             &&*t.actor.session_id,

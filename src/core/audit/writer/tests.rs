@@ -171,22 +171,109 @@ fn a_full_batch_or_an_awaited_row_does_not_linger() {
     assert!(!lingers(&[Event::Flush(flush)]));
 }
 
-/// A bad row among transfer rows written together costs only itself too: the rows of its
-/// statement before and after it are stored.
+/// A transfer row whose every value tells it apart: row `i` of a run.
+fn distinct(i: usize) -> Event {
+    let n = i as u64;
+    Event::Transfer(Box::new(TransferRow {
+        id: format!("v{i:02}").into(),
+        actor: Actor {
+            session_id: format!("s{i}").into(),
+            transport: if i.is_multiple_of(2) { "tcp" } else { "http" },
+            peer: format!("peer{i}").into(),
+            principal: Arc::new(crate::core::auth::Principal::admin("test")),
+        },
+        path: format!("p{i}").into(),
+        direction: if i.is_multiple_of(3) { "put" } else { "get" },
+        size: n,
+        bytes: n + 1000,
+        md5: (!i.is_multiple_of(4)).then(|| format!("m{i}").into()),
+        expected_md5: (!i.is_multiple_of(5)).then(|| format!("e{i}").into()),
+        result: if i.is_multiple_of(2) {
+            "verified"
+        } else {
+            "failed"
+        },
+        started_at: 10 * i as i64,
+        ended_at: 10 * i as i64 + 7,
+    }))
+}
+
+/// Every value of a transfer row, as stored.
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Stored {
+    id: String,
+    session_id: String,
+    transport: String,
+    peer: String,
+    path: String,
+    direction: String,
+    size: i64,
+    bytes: i64,
+    md5: Option<String>,
+    expected_md5: Option<String>,
+    result: String,
+    started_at: i64,
+    ended_at: i64,
+}
+
+/// The rows of `ids` as [`distinct`] makes them, as SQLite should give them back.
+fn expected(ids: impl Iterator<Item = usize>) -> Vec<Stored> {
+    ids.map(|i| {
+        let Event::Transfer(t) = distinct(i) else {
+            unreachable!()
+        };
+        Stored {
+            id: t.id.to_string(),
+            session_id: t.actor.session_id.to_string(),
+            transport: t.actor.transport.to_string(),
+            peer: t.actor.peer.to_string(),
+            path: t.path.to_string(),
+            direction: t.direction.to_string(),
+            size: t.size as i64,
+            bytes: t.bytes as i64,
+            md5: t.md5.map(|m| m.to_string()),
+            expected_md5: t.expected_md5.map(|m| m.to_string()),
+            result: t.result.to_string(),
+            started_at: t.started_at,
+            ended_at: t.ended_at,
+        }
+    })
+    .collect()
+}
+
+async fn stored(pool: &sqlx::SqlitePool) -> Vec<Stored> {
+    sqlx::query_as(
+        "SELECT id, session_id, transport, peer, path, direction, size, bytes, md5, \
+         expected_md5, result, started_at, ended_at FROM transfers ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Rows written sixteen to a statement keep each value in its own column and row, the
+/// statement serves again after a run that failed, and a bad row in a run costs only itself.
 #[tokio::test]
-async fn a_bad_row_in_a_run_of_transfers_costs_only_itself() {
+async fn runs_of_transfer_rows_store_every_value_and_a_bad_one_costs_only_itself() {
     let (_dir, pool, mut conn) = store().await;
-    let mut batch: Vec<Event> = (0..BIG).map(|i| transfer(&format!("u{i:02}"))).collect();
-    batch[7] = transfer("u03");
-    let result = write_batch(&mut conn, &mut batch);
-    assert!(result.is_err(), "the bad row is reported");
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM transfers ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    let want: Vec<String> = (0..BIG)
-        .filter(|i| *i != 7)
-        .map(|i| format!("u{i:02}"))
-        .collect();
-    assert_eq!(ids, want);
+    // Two runs of sixteen and three single rows.
+    let mut batch: Vec<Event> = (0..BIG - 5).map(distinct).collect();
+    write_batch(&mut conn, &mut batch).unwrap();
+    assert_eq!(stored(&pool).await, expected(0..BIG - 5));
+    // A run with a row that repeats an id: the batch is rolled back and written row by row.
+    let mut batch: Vec<Event> = (BIG..BIG + 20).map(distinct).collect();
+    batch[7] = distinct(3);
+    assert!(
+        write_batch(&mut conn, &mut batch).is_err(),
+        "the bad row is reported"
+    );
+    let want = (0..BIG - 5).chain((BIG..BIG + 20).filter(|i| *i != BIG + 7));
+    assert_eq!(stored(&pool).await, expected(want));
+    // The run's statement, back in the cache after its failure, writes the next run whole.
+    let mut batch: Vec<Event> = (BIG + 20..BIG + 36).map(distinct).collect();
+    write_batch(&mut conn, &mut batch).unwrap();
+    let want = (0..BIG - 5)
+        .chain((BIG..BIG + 20).filter(|i| *i != BIG + 7))
+        .chain(BIG + 20..BIG + 36);
+    assert_eq!(stored(&pool).await, expected(want));
 }
