@@ -78,7 +78,7 @@ impl Files {
             worker: Some(worker),
             received: 0,
             size,
-            expected: md5,
+            expected: md5.map(Into::into),
             ctx: TransferCtx {
                 files: self.clone(),
                 actor: actor.clone(),
@@ -100,7 +100,7 @@ pub struct PutSink {
     worker: Option<tokio::task::JoinHandle<Settled>>,
     received: u64,
     size: Option<u64>,
-    expected: Option<String>,
+    expected: Option<Arc<str>>,
     ctx: TransferCtx,
     commit: Arc<Commit>,
     /// Chunks gathered into one hand-over of about [`GATHER`] bytes: large ones as they are,
@@ -241,18 +241,13 @@ impl PutSink {
     async fn finish_checked(mut self, trailer: Option<String>) -> Result<PutDone> {
         if let Some(m) = trailer {
             let _ = self.commit.md5.set(m.clone());
-            self.expected = Some(m);
+            self.expected = Some(m.into());
         }
         if self.size.is_some() && self.remaining() > 0 {
             let err = Error::bad_request(format!("upload ended {} bytes short", self.remaining()));
             let _ = self.stop_worker().await;
             self.ctx
-                .record(
-                    "put",
-                    TransferState::Failed,
-                    None,
-                    self.expected.clone().map(Into::into),
-                )
+                .record("put", TransferState::Failed, None, self.expected.clone())
                 .await;
             return Err(err);
         }
@@ -261,12 +256,7 @@ impl PutSink {
         {
             let _ = self.stop_worker().await;
             self.ctx
-                .record(
-                    "put",
-                    TransferState::Failed,
-                    None,
-                    self.expected.clone().map(Into::into),
-                )
+                .record("put", TransferState::Failed, None, self.expected.clone())
                 .await;
             return Err(e);
         }
@@ -284,12 +274,7 @@ impl PutSink {
             actual
         };
         self.ctx
-            .record(
-                "put",
-                state,
-                md5.map(Into::into),
-                self.expected.clone().map(Into::into),
-            )
+            .record("put", state, md5.map(Into::into), self.expected.clone())
             .await;
         result
     }
@@ -303,7 +288,7 @@ impl PutSink {
             TransferState::Failed
         };
         self.ctx
-            .record("put", state, None, self.expected.clone().map(Into::into))
+            .record("put", state, None, self.expected.clone())
             .await;
     }
 

@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 
 mod ids;
 mod views;
-pub use ids::{id_at, new_id, random_id};
+use ids::id_at;
+pub use ids::{new_id, random_id};
 pub use views::{CheckInfo, RegistryEvent, SessionInfo, TransferInfo, TransferState, visible};
 
 /// How many finished transfers stay visible.
